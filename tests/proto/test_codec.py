@@ -36,7 +36,7 @@ def test_valid_input_structures() -> None:
         ({"payload": {"message": "x", "context": []}}, "$.payload.context: expected an object, got a list"),
         ({}, "$.payload: required field missing"),
         ({"payload": 3}, "$.payload: expected an object"),
-        ({"payload": {"message": "x"}, "id": True}, "$.id: expected a string or an integer or null, got a boolean"),
+        ({"payload": {"message": "x"}, "id": True}, "$.id: expected a string or an integer, got a boolean"),
     ],
 )
 def test_errors_are_located(doc: dict[str, Any], message: str) -> None:

@@ -109,7 +109,8 @@ def _primitive_union_hook(value: Any, tp: Any) -> Any:
         return value
     if kind is int and float in args:
         return float(value)
-    names = " or ".join("null" if a is type(None) else _TYPE_NAMES[a] for a in args)
+    # An optional field says what it wants, not that null would also do.
+    names = " or ".join(_TYPE_NAMES[a] for a in args if a is not type(None))
     raise _Mismatch(f"expected {names}, got {_describe(value)}")
 
 

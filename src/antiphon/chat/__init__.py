@@ -1,0 +1,23 @@
+"""The chat gateway face: serve agents over the Connic WebSocket protocol, and talk to them."""
+
+from antiphon.chat.agents import Agent, AgentReply, Turn, demo_agent, load_agent
+from antiphon.chat.client import ChatClient, Reply, open_chat
+from antiphon.chat.gateway import ChatGateway, ChatSessionHandler, Connector, serve_chat
+from antiphon.proto.chat_session import ChatSettings, HistoryEntry
+
+__all__ = [
+    "Agent",
+    "AgentReply",
+    "ChatClient",
+    "ChatGateway",
+    "ChatSessionHandler",
+    "ChatSettings",
+    "Connector",
+    "HistoryEntry",
+    "Reply",
+    "Turn",
+    "demo_agent",
+    "load_agent",
+    "open_chat",
+    "serve_chat",
+]

@@ -1,0 +1,146 @@
+"""Agents: the user code a chat turn runs, and the built-in demo agent.
+
+An agent is an async callable taking one :class:`Turn`. It either
+
+* is an async generator yielding text chunks (the reply is streamed as they come), or
+* returns the whole text, or an :class:`AgentReply` carrying the text and token usage.
+
+Token usage can also be reported from inside a generator with
+:meth:`Turn.report_usage`. When an agent reports none, the gateway estimates it as
+``ceil(characters / 4)`` for the prompt (history plus message) and for the reply.
+
+The turn runs as a Trio task of its session: when the session closes, the agent is
+cancelled at its next checkpoint, and so is any upstream call it is awaiting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
+
+import trio
+from attrs import define, frozen
+
+from antiphon.errors import ConfigError
+from antiphon.proto.chat import MessageId, TokenUsage
+from antiphon.proto.chat_session import HistoryEntry
+
+__all__ = ["Agent", "AgentReply", "Turn", "demo_agent", "load_agent", "run_agent"]
+
+
+@define(kw_only=True)
+class Turn:
+    """Everything an agent knows about the message it answers."""
+
+    message: str
+    context: Mapping[str, Any]
+    history: tuple[HistoryEntry, ...]
+    session_id: str
+    message_id: MessageId
+    message_number: int
+    agent: str
+    usage: TokenUsage | None = None
+
+    def report_usage(self, prompt_tokens: int, candidates_tokens: int) -> None:
+        """Record the real token usage of this turn (replaces the estimate)."""
+        self.usage = TokenUsage(prompt_tokens, candidates_tokens)
+
+
+@frozen
+class AgentReply:
+    """A whole reply with its token usage, for agents that do not stream."""
+
+    text: str
+    token_usage: TokenUsage | None = None
+
+
+Agent: TypeAlias = Callable[[Turn], "AsyncIterator[str] | Awaitable[str | AgentReply]"]
+
+
+class AgentResultError(TypeError):
+    """An agent produced something that is not text."""
+
+
+async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
+    """Run ``agent`` on ``turn``, yielding its reply as text chunks whatever its kind.
+
+    Raises whatever the agent raises, and :class:`AgentResultError` when it yields or
+    returns something other than text.
+    """
+    result = agent(turn)
+    if inspect.isasyncgen(result):
+        async with _aclosing(result) as gen:
+            async for chunk in gen:
+                if not isinstance(chunk, str):
+                    raise AgentResultError(f"agent yielded {type(chunk).__name__}, expected str")
+                yield chunk
+        return
+    if not inspect.isawaitable(result):
+        raise AgentResultError(f"agent returned {type(result).__name__}, expected a coroutine or an async generator")
+    value = await result
+    if isinstance(value, AgentReply):
+        if value.token_usage is not None:
+            turn.usage = value.token_usage
+        value = value.text
+    if not isinstance(value, str):
+        raise AgentResultError(f"agent returned {type(value).__name__}, expected str or AgentReply")
+    yield value
+
+
+class _aclosing:
+    # contextlib.aclosing, typed for async generators, so a cancelled turn finalizes
+    # the agent's generator in the turn's task rather than in the garbage collector.
+    def __init__(self, gen: Any) -> None:
+        self.gen = gen
+
+    async def __aenter__(self) -> Any:
+        return self.gen
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.gen.aclose()
+
+
+async def demo_agent(turn: Turn) -> AsyncIterator[str]:
+    """The built-in agent: deterministic, streamed word by word, and aware of the history.
+
+    It answers with the turn number, what the user just said and what the user said
+    before, so a newcomer sees acks, chunks, history and token usage all at work.
+    """
+    earlier = [h.text for h in turn.history if h.role == "user"]
+    text = f"Turn {turn.message_number}. You said: {turn.message!r}."
+    if earlier:
+        text += f" Before that you said: {earlier[-1]!r}."
+    else:
+        text += " This is the first message of our conversation."
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        # A checkpoint per chunk, like a real model stream: the turn stays cancellable.
+        await trio.lowlevel.checkpoint()
+        yield word if i == len(words) - 1 else word + " "
+
+
+DEMO_AGENT_SPEC = "antiphon.chat.agents:demo_agent"
+
+
+def load_agent(spec: str) -> Agent:
+    """Import ``module:attribute`` (``attribute`` may be dotted) and return the callable.
+
+    Raises :class:`ConfigError` naming the spec when it cannot be imported or is not callable.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(f"agent: expected 'module:function', got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"agent: cannot import module {module_name!r} ({exc})") from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"agent: {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(obj):
+        raise ConfigError(f"agent: {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]

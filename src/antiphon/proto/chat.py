@@ -1,0 +1,339 @@
+"""The chat protocol's wire messages, close codes and error codes, and their codec.
+
+The protocol is the "Connic" WebSocket connector protocol: JSON text frames, one object
+each, discriminated by ``"type"``. Clients send::
+
+    {"secret": "..."}                                   first-message authentication
+    {"type": "message", "id": "msg-001",
+     "payload": {"message": "...", "context": {...}}}   a user message (id, context optional)
+    {"message": "..."}  /  {"content": "..."}           shorthands for the same
+    {"type": "ping"}                                    application keepalive for browsers
+
+and the gateway answers with ``connected``, ``ack``, ``stream_start`` /
+``stream_chunk`` / ``stream_end`` or ``response``, ``pong`` and ``error``.
+
+Where the public protocol is silent antiphon defines the ``error`` event and the close
+codes below; the README's protocol table is generated from the same facts.
+
+One private cattrs converter (``_converter``) serves this schema family. Decoding never
+raises anything but :class:`~antiphon.errors.DecodeError`, whose text locates the
+problem (``$.payload.message: expected a string, got an integer``) and is safe to send
+back to the peer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, TypeAlias
+
+import attrs
+from attrs import frozen
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from antiphon.errors import DecodeError
+from antiphon.proto._codec import dumps, expect_object, loads, make_converter, structure
+
+__all__ = [
+    "Ack",
+    "Auth",
+    "ClientMessage",
+    "CloseCode",
+    "Connected",
+    "ErrorCode",
+    "ErrorEvent",
+    "Ping",
+    "Pong",
+    "Response",
+    "ServerEvent",
+    "StreamChunk",
+    "StreamEnd",
+    "StreamStart",
+    "TokenUsage",
+    "UserMessage",
+    "decode_client_message",
+    "decode_server_event",
+    "encode_client_message",
+    "encode_event",
+]
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the gateway uses, one per reason a session ends.
+
+    Standard codes where one fits; otherwise ``4000 + the HTTP status`` of the same
+    meaning, the convention graphql-ws made familiar (4401, 4408, 4429).
+    """
+
+    NORMAL = 1000
+    SERVER_SHUTDOWN = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVER_FULL = 1013
+    AUTH_FAILED = 4401
+    AUTH_TIMEOUT = 4408
+    SESSION_EXPIRED = 4410
+    MESSAGE_LIMIT = 4429
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``error`` event."""
+
+    AUTH_FAILED = "auth_failed"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_TIMEOUT = "auth_timeout"
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_AGENT = "unknown_agent"
+    QUEUE_FULL = "queue_full"
+    MESSAGE_LIMIT = "message_limit"
+    SESSION_EXPIRED = "session_expired"
+    AGENT_ERROR = "agent_error"
+    SERVER_SHUTDOWN = "server_shutdown"
+    SERVER_FULL = "server_full"
+    SLOW_CONSUMER = "slow_consumer"
+    INTERNAL_ERROR = "internal_error"
+
+
+MessageId: TypeAlias = str | int
+"""A turn's id: whatever the client sent (string or integer), echoed back unchanged."""
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@frozen
+class Auth:
+    """``{"secret": "..."}``: first-message authentication."""
+
+    secret: str
+
+
+@frozen
+class UserMessage:
+    """A user message; ``id`` is None when the client sent none."""
+
+    message: str
+    id: MessageId | None = None
+    context: Mapping[str, Any] = attrs.field(factory=dict)
+    agent: str | None = None
+
+
+@frozen
+class Ping:
+    """``{"type": "ping"}``: an application-level keepalive (browsers cannot send WebSocket pings)."""
+
+
+ClientMessage: TypeAlias = Auth | UserMessage | Ping
+
+
+@frozen
+class _Payload:
+    message: str | None = None
+    content: str | None = None
+    context: dict[str, Any] | None = None
+    agent: str | None = None
+
+
+@frozen
+class _MessageEnvelope:
+    payload: _Payload
+    id: str | int | None = None
+
+
+@frozen
+class _Shorthand:
+    message: str | None = None
+    content: str | None = None
+    id: str | int | None = None
+    context: dict[str, Any] | None = None
+    agent: str | None = None
+
+
+# --------------------------------------------------------------------------- server side
+
+
+@frozen
+class TokenUsage:
+    """Tokens a turn consumed: ``prompt_tokens`` in, ``candidates_tokens`` out."""
+
+    prompt_tokens: int
+    candidates_tokens: int
+
+
+@frozen(kw_only=True)
+class Connected:
+    """Sent once authenticated; ``session_id`` and ``connector_run_id`` carry the same id."""
+
+    type: ClassVar[str] = "connected"
+    session_id: str
+    connector_run_id: str
+    agents: tuple[str, ...]
+
+
+@frozen(kw_only=True)
+class Ack:
+    """A message was accepted; ``message_number`` counts from 1 in the session."""
+
+    type: ClassVar[str] = "ack"
+    id: MessageId
+    message_number: int
+
+
+@frozen(kw_only=True)
+class StreamStart:
+    type: ClassVar[str] = "stream_start"
+    id: MessageId
+    agent: str
+
+
+@frozen(kw_only=True)
+class StreamChunk:
+    type: ClassVar[str] = "stream_chunk"
+    id: MessageId
+    agent: str
+    chunk: str
+
+
+@frozen(kw_only=True)
+class StreamEnd:
+    type: ClassVar[str] = "stream_end"
+    id: MessageId
+    agent: str
+    full_response: str
+    token_usage: TokenUsage
+
+
+@frozen(kw_only=True)
+class Response:
+    """The whole reply of a turn when streaming is off."""
+
+    type: ClassVar[str] = "response"
+    id: MessageId
+    agent: str
+    response: str
+    token_usage: TokenUsage
+
+
+@frozen(kw_only=True)
+class ErrorEvent:
+    """``{"type": "error", "code", "message", "id"}``; ``id`` is left out when no turn is concerned."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    id: MessageId | None = None
+
+
+@frozen(kw_only=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+
+
+ServerEvent: TypeAlias = Connected | Ack | StreamStart | StreamChunk | StreamEnd | Response | ErrorEvent | Pong
+
+_EVENT_TYPES: Final[dict[str, type]] = {
+    cls.type: cls for cls in (Connected, Ack, StreamStart, StreamChunk, StreamEnd, Response, ErrorEvent, Pong)
+}
+
+# --------------------------------------------------------------------------- the converter
+
+_converter = make_converter()
+
+
+def _register_event(cls: type) -> None:
+    overrides = {a.name: override(omit_if_default=True) for a in attrs.fields(cls) if a.default is None}
+    body = make_dict_unstructure_fn(cls, _converter, **overrides)
+    tag = cls.type  # type: ignore[attr-defined]
+
+    def unstructure(event: Any) -> dict[str, Any]:
+        return {"type": tag, **body(event)}
+
+    _converter.register_unstructure_hook(cls, unstructure)
+
+
+for _cls in _EVENT_TYPES.values():
+    _register_event(_cls)
+
+
+def encode_event(event: ServerEvent) -> str:
+    """The JSON text of a server event, ``type`` first."""
+    return dumps(_converter.unstructure(event))
+
+
+def decode_server_event(data: str | bytes) -> ServerEvent:
+    """Parse a gateway event (the client's side of the protocol); raise :class:`DecodeError`."""
+    obj = expect_object(loads(data))
+    kind = obj.get("type")
+    cls = _EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise DecodeError(f"$.type: unknown event type {kind!r}")
+    return structure(_converter, {k: v for k, v in obj.items() if k != "type"}, cls)
+
+
+def decode_client_message(data: str | bytes) -> ClientMessage:
+    """Parse one client frame into :data:`ClientMessage`; raise :class:`DecodeError`.
+
+    Frames without ``type`` are read by their keys: ``secret`` is authentication,
+    ``message`` or ``content`` a shorthand user message. ``DecodeError.errors[0]`` starts
+    with ``$.type: unknown message type`` for a type the gateway does not know, so the
+    caller can answer ``unknown_type`` rather than ``invalid_message``.
+    """
+    obj = expect_object(loads(data))
+    kind = obj.get("type")
+    if kind is None:
+        if "secret" in obj:
+            return structure(_converter, obj, Auth)
+        if "message" in obj or "content" in obj:
+            short = structure(_converter, obj, _Shorthand)
+            return _user_message(short.message, short.content, short.id, short.context, short.agent, "$")
+        raise DecodeError('$: expected a "type", a "message" or a "secret"')
+    if kind == "message":
+        env = structure(_converter, obj, _MessageEnvelope)
+        p = env.payload
+        return _user_message(p.message, p.content, env.id, p.context, p.agent, "$.payload")
+    if kind == "ping":
+        return Ping()
+    if kind == "auth":
+        return structure(_converter, obj, Auth)
+    if not isinstance(kind, str):
+        raise DecodeError("$.type: expected a string")
+    raise DecodeError(f"$.type: unknown message type {kind!r}")
+
+
+def _user_message(
+    message: str | None,
+    content: str | None,
+    id: MessageId | None,
+    context: dict[str, Any] | None,
+    agent: str | None,
+    where: str,
+) -> UserMessage:
+    text = message if message is not None else content
+    if text is None:
+        raise DecodeError(f"{where}.message: required field missing")
+    if not text.strip():
+        raise DecodeError(f"{where}.message: must not be empty")
+    if isinstance(id, str) and not id:
+        raise DecodeError("$.id: must not be empty")
+    return UserMessage(message=text, id=id, context=context or {}, agent=agent)
+
+
+def encode_client_message(message: ClientMessage) -> str:
+    """The JSON text a client sends for ``message`` (used by antiphon's own client)."""
+    if isinstance(message, Auth):
+        return dumps({"secret": message.secret})
+    if isinstance(message, Ping):
+        return dumps({"type": "ping"})
+    payload: dict[str, Any] = {"message": message.message}
+    if message.context:
+        payload["context"] = dict(message.context)
+    if message.agent is not None:
+        payload["agent"] = message.agent
+    doc: dict[str, Any] = {"type": "message"}
+    if message.id is not None:
+        doc["id"] = message.id
+    doc["payload"] = payload
+    return dumps(doc)
