@@ -127,7 +127,9 @@ class SessionServer:
         self._idle = trio.Event()
         self._idle.set()
         self._stopped = trio.Event()
+        self._running = False
         self._shutting_down = False
+        self._handler_nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -159,9 +161,11 @@ class SessionServer:
 
     async def run(self, *, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled or until :meth:`shutdown` has finished."""
+        self._running = True
         try:
             async with trio.open_nursery() as handlers:
                 self._handler_scope = handlers.cancel_scope
+                self._handler_nursery = handlers
                 async with trio.open_nursery() as listening:
                     self._listener_scope = listening.cancel_scope
                     self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
@@ -193,7 +197,17 @@ class SessionServer:
             await self._idle.wait()
         if self._handler_scope is not None:
             self._handler_scope.cancel()
-        await self._stopped.wait()
+        if self._running:
+            await self._stopped.wait()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is being handled (at once if none is)."""
+        await self._idle.wait()
+
+    @property
+    def handler_tasks(self) -> int:
+        """Tasks alive in the handler nursery: one per connection, none when idle."""
+        return len(self._handler_nursery.child_tasks) if self._handler_nursery is not None else 0
 
     # ------------------------------------------------------------------ connections
 
@@ -210,6 +224,15 @@ class SessionServer:
                 continue
             self._connection_opened()
             handlers.start_soon(self._handle_stream, stream)
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over an already-open byte stream, until it ends.
+
+        The listeners use this for every TCP connection; tests use it over
+        ``trio.testing.memory_stream_pair()``, where the autojump clock is safe.
+        """
+        self._connection_opened()
+        await self._handle_stream(stream)
 
     def _connection_opened(self) -> None:
         self._connections += 1

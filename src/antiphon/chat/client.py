@@ -24,8 +24,7 @@ from urllib.parse import urlencode
 import trio
 from attrs import frozen
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.connect import DEFAULT_CONNECT_TIMEOUT_S, connect_websocket
+from antiphon.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
 from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
 from antiphon.errors import ChatError, ConnectionClosed, DecodeError, LocalProtocolError, OperationTimeout
 from antiphon.proto.chat import (
@@ -225,8 +224,7 @@ async def open_chat(
     elif secret is not None and auth == "query":
         url += ("&" if "?" in url else "?") + urlencode({"secret": secret})
     send_events, receive_events = trio.open_memory_channel[ServerEvent](EVENT_BUFFER_SIZE)
-    async with open_nursery_unwrapped() as nursery:
-        ws = await connect_websocket(nursery, url, headers=headers, timeout_s=connect_timeout_s)
+    async with open_client_websocket(url, headers=headers, timeout_s=connect_timeout_s) as (nursery, ws):
         session = Session(ws, session_config)
         client = ChatClient(session, receive_events)
         nursery.start_soon(session.run, _ClientHandler(send_events))

@@ -1,0 +1,165 @@
+"""The chat protocol's codec: every client form, every event, and located errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from antiphon.errors import DecodeError
+from antiphon.proto.chat import (
+    Ack,
+    Auth,
+    Connected,
+    ErrorEvent,
+    Ping,
+    Pong,
+    Response,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+    TokenUsage,
+    UserMessage,
+    decode_client_message,
+    decode_server_event,
+    encode_client_message,
+    encode_event,
+)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"secret": "s"}, Auth("s")),
+        ({"type": "auth", "secret": "s"}, Auth("s")),
+        ({"message": "Hello!"}, UserMessage("Hello!")),
+        ({"content": "Hello!"}, UserMessage("Hello!")),
+        ({"message": "hi", "id": "m1", "context": {"a": 1}}, UserMessage("hi", "m1", {"a": 1})),
+        (
+            {"type": "message", "id": "msg-001", "payload": {"message": "Weather?", "context": {"location": "NY"}}},
+            UserMessage("Weather?", "msg-001", {"location": "NY"}),
+        ),
+        ({"type": "message", "payload": {"message": "x"}}, UserMessage("x")),
+        ({"type": "message", "id": 7, "payload": {"content": "x"}}, UserMessage("x", 7)),
+        ({"type": "message", "payload": {"message": "x", "agent": "b"}}, UserMessage("x", agent="b")),
+        ({"type": "ping"}, Ping()),
+        ({"type": "message", "payload": {"message": "x"}, "extra": True}, UserMessage("x")),
+    ],
+)
+def test_client_forms_decode(doc: dict[str, Any], expected: object) -> None:
+    """Every documented client form, shorthands included, decodes to its typed message."""
+    assert decode_client_message(json.dumps(doc)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"type": "message", "payload": {"message": 3}}', "$.payload.message: expected a string, got an integer"),
+        ('{"type": "message", "payload": {"message": "x", "context": 1}}', "$.payload.context: expected an object, got an integer"),
+        ('{"type": "message"}', "$.payload: required field missing"),
+        ('{"type": "message", "payload": {}}', "$.payload.message: required field missing"),
+        ('{"type": "message", "payload": {"message": "  "}}', "$.payload.message: must not be empty"),
+        ('{"type": "message", "id": true, "payload": {"message": "x"}}', "$.id: expected a string or an integer, got a boolean"),
+        ('{"type": "message", "id": "", "payload": {"message": "x"}}', "$.id: must not be empty"),
+        ('{"message": ["x"]}', "$.message: expected a string, got a list"),
+        ('{"secret": 5}', "$.secret: expected a string, got an integer"),
+        ('{"type": "launch"}', "$.type: unknown message type 'launch'"),
+        ('{"type": 5}', "$.type: expected a string"),
+        ('{"hello": 1}', '$: expected a "type", a "message" or a "secret"'),
+        ("[1, 2]", "$: expected an object, got a list"),
+        ('"hi"', "$: expected an object, got a string"),
+    ],
+)
+def test_bad_client_frames_are_located(text: str, error: str) -> None:
+    """A bad frame raises DecodeError whose first message locates the problem."""
+    with pytest.raises(DecodeError) as info:
+        decode_client_message(text)
+    assert info.value.errors[0] == error
+
+
+def test_invalid_json_is_reported_as_such() -> None:
+    """Text that is not JSON is a DecodeError at `$` saying so."""
+    with pytest.raises(DecodeError, match=r"^\$: invalid JSON"):
+        decode_client_message("{not json")
+
+
+def test_binary_utf8_frames_decode_like_text() -> None:
+    """A binary frame holding UTF-8 JSON is read like the same text."""
+    assert decode_client_message('{"message": "é"}'.encode()) == UserMessage("é")
+
+
+@pytest.mark.parametrize(
+    ("event", "wire"),
+    [
+        (
+            Connected(session_id="r1", connector_run_id="r1", agents=("assistant",)),
+            {"type": "connected", "session_id": "r1", "connector_run_id": "r1", "agents": ["assistant"]},
+        ),
+        (Ack(id="msg-001", message_number=1), {"type": "ack", "id": "msg-001", "message_number": 1}),
+        (StreamStart(id="m", agent="a"), {"type": "stream_start", "id": "m", "agent": "a"}),
+        (StreamChunk(id="m", agent="a", chunk="The "), {"type": "stream_chunk", "id": "m", "agent": "a", "chunk": "The "}),
+        (
+            StreamEnd(id="m", agent="a", full_response="The x", token_usage=TokenUsage(45, 15)),
+            {
+                "type": "stream_end",
+                "id": "m",
+                "agent": "a",
+                "full_response": "The x",
+                "token_usage": {"prompt_tokens": 45, "candidates_tokens": 15},
+            },
+        ),
+        (
+            Response(id="m", agent="a", response="ok", token_usage=TokenUsage(1, 2)),
+            {"type": "response", "id": "m", "agent": "a", "response": "ok", "token_usage": {"prompt_tokens": 1, "candidates_tokens": 2}},
+        ),
+        (ErrorEvent(code="queue_full", message="later", id=3), {"type": "error", "code": "queue_full", "message": "later", "id": 3}),
+        (ErrorEvent(code="auth_failed", message="no"), {"type": "error", "code": "auth_failed", "message": "no"}),
+        (Pong(), {"type": "pong"}),
+    ],
+)
+def test_events_encode_exactly(event: Any, wire: dict[str, Any]) -> None:
+    """Each event encodes to the documented JSON, `type` first, and decodes back equal."""
+    text = encode_event(event)
+    assert json.loads(text) == wire
+    assert next(iter(json.loads(text))) == "type"
+    assert decode_server_event(text) == event
+
+
+@pytest.mark.parametrize(
+    "message", [Auth("s"), Ping(), UserMessage("hi"), UserMessage("hi", "m1", {"k": [1]}, "b"), UserMessage("x", 5)]
+)
+def test_client_messages_round_trip(message: Any) -> None:
+    """What antiphon's client sends decodes on the server to the same message."""
+    assert decode_client_message(encode_client_message(message)) == message
+
+
+def test_unknown_event_type_is_a_decode_error() -> None:
+    """A client reading an event of unknown type gets a located DecodeError."""
+    with pytest.raises(DecodeError, match=r"^\$\.type: unknown event type 'surprise'$"):
+        decode_server_event('{"type": "surprise"}')
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_frames = st.one_of(
+    st.text(),
+    st.binary(),
+    _json.map(json.dumps),
+    st.fixed_dictionaries({"type": st.sampled_from(["message", "ping", "auth", "x"])}, optional={"payload": _json, "id": _json, "secret": _json}).map(json.dumps),
+    st.fixed_dictionaries({}, optional={"message": _json, "content": _json, "context": _json, "id": _json}).map(json.dumps),
+)
+
+
+@given(_frames)
+def test_any_frame_decodes_or_raises_decode_error(frame: str | bytes) -> None:
+    """Whatever arrives, decoding yields a message or raises DecodeError: never anything else."""
+    try:
+        decode_client_message(frame)
+    except DecodeError as exc:
+        assert exc.errors and all(e.startswith("$") for e in exc.errors)
