@@ -169,6 +169,15 @@ class Session:
         self._queue.append(message)
         self._queue_ready.unpark()
 
+    async def wait_for_room(self) -> None:
+        """Wait until :meth:`send` would not wait (or the session is closing).
+
+        For producers that must number messages in the order they are queued: wait
+        here, then number and :meth:`send_nowait` with no checkpoint in between.
+        """
+        while len(self._queue) >= self._soft_limit and not self._closing:
+            await self._queue_room.park()
+
     def send_nowait(self, message: str | bytes) -> bool:
         """Queue ``message`` without waiting; past the headroom the session closes (1008, slow consumer).
 

@@ -159,8 +159,14 @@ class SessionServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until cancelled or until :meth:`shutdown` has finished."""
+    async def run(
+        self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled or until :meth:`shutdown` has finished.
+
+        With ``listen=False`` no socket is opened: connections come only through
+        :meth:`serve_stream` (tests over memory streams).
+        """
         self._running = True
         try:
             async with trio.open_nursery() as handlers:
@@ -168,11 +174,16 @@ class SessionServer:
                 self._handler_nursery = handlers
                 async with trio.open_nursery() as listening:
                     self._listener_scope = listening.cancel_scope
-                    self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
-                    for listener in self._listeners:
-                        listening.start_soon(self._accept_loop, listener, handlers)
+                    if listen:
+                        self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+                        for listener in self._listeners:
+                            listening.start_soon(self._accept_loop, listener, handlers)
+                    else:
+                        listening.start_soon(trio.sleep_forever)
                     task_status.started(self)
-                # Listeners are closed; sessions finish in the handler nursery.
+                # Listeners are closed; sessions finish in the handler nursery (and
+                # connections given to serve_stream, which live elsewhere, are awaited).
+                await self._idle.wait()
         finally:
             for listener in self._listeners:
                 await trio.aclose_forcefully(listener)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,7 @@ async def memory_gateway(
     gateway = ChatGateway(conn or connector(), ServerConfig(port=0), session)
     client_stream, server_stream = stream_pair()
     async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(gateway.run, listen=False))
         nursery.start_soon(gateway.serve_stream, server_stream)
         yield gateway, RawClient(client_stream, answer_pings=answer_pings)
         nursery.cancel_scope.cancel()

@@ -143,13 +143,15 @@ async def test_non_streaming_mode_sends_one_response() -> None:
 
     async with tcp_gateway(connector(streaming=False)) as gateway:
         ack, response = await in_thread(scenario, gateway.url)
-    assert ack == {"type": "ack", "id": "msg-001", "message_number": 1}
+    assert ack == {"type": "ack", "id": "msg-001", "message_number": 1, "seq": 1}
     assert response == {
         "type": "response",
         "id": "msg-001",
         "agent": "assistant",
         "response": "Turn 1. You said: 'Hi'. This is the first message of our conversation.",
         "token_usage": {"prompt_tokens": 1, "candidates_tokens": 18},
+        "status": "completed",
+        "seq": 2,
     }
 
 

@@ -97,7 +97,7 @@ async def test_socket_keeps_draining_during_a_long_turn(autojump_clock: Any) -> 
         for i in range(10):
             await client.send_json({"message": f"queued {i}", "id": f"q{i}"})
         for i in range(10):
-            assert await client.receive_json() == {"type": "ack", "id": f"q{i}", "message_number": i + 2}
+            assert await client.receive_json() == {"type": "ack", "id": f"q{i}", "message_number": i + 2, "seq": i + 4}
         await client.stream.send_all(client.ws.send(Ping(payload=b"hello")))
         pong = await client.next_event()
         assert isinstance(pong, Pong) and pong.payload == b"hello"

@@ -13,6 +13,9 @@ from antiphon.errors import DecodeError
 from antiphon.proto.chat import (
     Ack,
     Auth,
+    Cancel,
+    Resume,
+    Resumed,
     Connected,
     ErrorEvent,
     Ping,
@@ -25,6 +28,7 @@ from antiphon.proto.chat import (
     UserMessage,
     decode_client_message,
     decode_server_event,
+    decode_server_frame,
     encode_client_message,
     encode_event,
 )
@@ -46,6 +50,9 @@ from antiphon.proto.chat import (
         ({"type": "message", "id": 7, "payload": {"content": "x"}}, UserMessage("x", 7)),
         ({"type": "message", "payload": {"message": "x", "agent": "b"}}, UserMessage("x", agent="b")),
         ({"type": "ping"}, Ping()),
+        ({"type": "resume", "connector_run_id": "r1", "last_seq": 17}, Resume("r1", 17)),
+        ({"type": "resume", "connector_run_id": "r1"}, Resume("r1", 0)),
+        ({"type": "cancel", "id": "msg-001"}, Cancel("msg-001")),
         ({"type": "message", "payload": {"message": "x"}, "extra": True}, UserMessage("x")),
     ],
 )
@@ -71,6 +78,9 @@ def test_client_forms_decode(doc: dict[str, Any], expected: object) -> None:
         ('{"hello": 1}', '$: expected a "type", a "message" or a "secret"'),
         ("[1, 2]", "$: expected an object, got a list"),
         ('"hi"', "$: expected an object, got a string"),
+        ('{"type": "resume", "last_seq": 1}', "$.connector_run_id: required field missing"),
+        ('{"type": "resume", "connector_run_id": "r", "last_seq": -1}', "$.last_seq: must not be negative"),
+        ('{"type": "cancel"}', "$.id: required field missing"),
     ],
 )
 def test_bad_client_frames_are_located(text: str, error: str) -> None:
@@ -109,11 +119,12 @@ def test_binary_utf8_frames_decode_like_text() -> None:
                 "agent": "a",
                 "full_response": "The x",
                 "token_usage": {"prompt_tokens": 45, "candidates_tokens": 15},
+                "status": "completed",
             },
         ),
         (
             Response(id="m", agent="a", response="ok", token_usage=TokenUsage(1, 2)),
-            {"type": "response", "id": "m", "agent": "a", "response": "ok", "token_usage": {"prompt_tokens": 1, "candidates_tokens": 2}},
+            {"type": "response", "id": "m", "agent": "a", "response": "ok", "token_usage": {"prompt_tokens": 1, "candidates_tokens": 2}, "status": "completed"},
         ),
         (ErrorEvent(code="queue_full", message="later", id=3), {"type": "error", "code": "queue_full", "message": "later", "id": 3}),
         (ErrorEvent(code="auth_failed", message="no"), {"type": "error", "code": "auth_failed", "message": "no"}),
@@ -129,7 +140,7 @@ def test_events_encode_exactly(event: Any, wire: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "message", [Auth("s"), Ping(), UserMessage("hi"), UserMessage("hi", "m1", {"k": [1]}, "b"), UserMessage("x", 5)]
+    "message", [Auth("s"), Ping(), Resume("r", 3), Cancel(5), UserMessage("hi"), UserMessage("hi", "m1", {"k": [1]}, "b"), UserMessage("x", 5)]
 )
 def test_client_messages_round_trip(message: Any) -> None:
     """What antiphon's client sends decodes on the server to the same message."""
@@ -163,3 +174,19 @@ def test_any_frame_decodes_or_raises_decode_error(frame: str | bytes) -> None:
         decode_client_message(frame)
     except DecodeError as exc:
         assert exc.errors and all(e.startswith("$") for e in exc.errors)
+
+
+def test_seq_goes_last_and_decodes_apart() -> None:
+    """A numbered event carries `seq` as its last key; decode_server_frame returns it beside the event."""
+    text = encode_event(Ack(id="m", message_number=2), seq=9)
+    assert list(json.loads(text)) == ["type", "id", "message_number", "seq"]
+    assert decode_server_frame(text) == (Ack(id="m", message_number=2), 9)
+    assert decode_server_frame(encode_event(Pong())) == (Pong(), None)
+
+
+def test_resumed_event_shape() -> None:
+    """`resumed` says which run, its last seq, how many events follow, and whether that is all."""
+    event = Resumed(connector_run_id="r", last_seq=12, replayed=3, complete=False)
+    assert json.loads(encode_event(event)) == {
+        "type": "resumed", "connector_run_id": "r", "last_seq": 12, "replayed": 3, "complete": False
+    }

@@ -1,4 +1,4 @@
-"""The sans-IO chat session: auth, numbering, limits, queueing, timers, history, draining."""
+"""The sans-IO chat connection and run: auth, numbering, limits, queueing, timers, history, draining, resume."""
 
 from __future__ import annotations
 
@@ -20,16 +20,20 @@ from antiphon.proto.chat import (
     StreamStart,
     TokenUsage,
 )
+from antiphon.proto.chat import Resumed, TurnStatus
+from antiphon.proto.chat_run import ChatRun
 from antiphon.proto.chat_session import (
+    Accept,
+    CancelTurn,
     ChatSession,
     ChatSettings,
     Close,
     HandshakeAuth,
     HistoryEntry,
+    ResumeRun,
     Send,
     SessionState,
     SetTimer,
-    StartTurn,
     TurnRequest,
     check_handshake_secret,
     estimate_tokens,
@@ -40,12 +44,16 @@ SECRET = "s3cret"
 
 def make(authenticated: bool = False, **settings: Any) -> ChatSession:
     ids = iter(range(1, 1000))
-    return ChatSession(
-        ChatSettings(secret=SECRET, **settings),
-        session_id="run-1",
-        authenticated=authenticated,
+    cfg = ChatSettings(secret=SECRET, **settings)
+    run = ChatRun(
+        "run-1",
+        streaming=cfg.streaming,
+        max_messages=cfg.max_messages,
+        max_queued_turns=cfg.max_queued_turns,
+        history_max_chars=cfg.history_max_chars,
         new_message_id=lambda n: f"auto-{next(ids)}",
     )
+    return ChatSession(cfg, run, authenticated=authenticated)
 
 
 def msg(text: str = "hi", **extra: Any) -> str:
@@ -53,18 +61,20 @@ def msg(text: str = "hi", **extra: Any) -> str:
 
 
 def events(actions: list[Any]) -> list[Any]:
-    return [a.event for a in actions if isinstance(a, Send)]
+    """The events among `actions` (connection sends); run events pass through as they are."""
+    return [a.event if isinstance(a, Send) else a for a in actions if not isinstance(a, (Accept, SetTimer, Close, CancelTurn, ResumeRun))]
 
 
 def turns(actions: list[Any]) -> list[TurnRequest]:
-    return [a.request for a in actions if isinstance(a, StartTurn)]
+    return [a.request for a in actions if isinstance(a, Accept)]
 
 
 def run_turn(chat: ChatSession, request: TurnRequest, *chunks: str, usage: TokenUsage | None = None) -> list[Any]:
-    out = chat.turn_started(request)
+    run = chat.run
+    out = run.turn_started(request)
     for c in chunks:
-        out += chat.turn_chunk(request, c)
-    return out + chat.turn_finished(request, usage)
+        out += run.turn_chunk(request, c)
+    return out + run.turn_ended(request, TurnStatus.COMPLETED, usage) + chat.turn_ended()
 
 
 CONNECTED = Connected(session_id="run-1", connector_run_id="run-1", agents=("assistant",))
@@ -135,7 +145,7 @@ def test_secret_after_authentication_is_ignored() -> None:
 
 def test_auth_off_needs_no_secret() -> None:
     """With `require_auth` off the session opens at once, whatever the handshake carried."""
-    chat = ChatSession(ChatSettings(require_auth=False), session_id="r", authenticated=False)
+    chat = ChatSession(ChatSettings(require_auth=False), ChatRun("r"), authenticated=False)
     assert isinstance(events(chat.open())[0], Connected)
 
 
@@ -147,18 +157,16 @@ def test_message_is_acked_numbered_and_queued() -> None:
     chat = make(authenticated=True)
     out = chat.receive(json.dumps({"type": "message", "id": "msg-001", "payload": {"message": "q", "context": {"k": 1}}}))
     assert out == [
-        Send(Ack(id="msg-001", message_number=1)),
-        StartTurn(TurnRequest(id="msg-001", message_number=1, message="q", context={"k": 1}, agent="assistant")),
+        Accept(TurnRequest(id="msg-001", message_number=1, message="q", context={"k": 1}, agent="assistant")),
         SetTimer(3600.0),
     ]
 
 
 def test_message_without_id_gets_a_server_id_used_throughout() -> None:
-    """A message without id gets a server-assigned one, used in its ack and its turn."""
+    """A message without id gets a server-assigned one, used for its turn throughout."""
     chat = make(authenticated=True)
     out = chat.receive('{"message": "Hello!"}')
-    assert events(out) == [Ack(id="auto-1", message_number=1)]
-    assert turns(out)[0].id == "auto-1"
+    assert turns(out)[0].id == "auto-1" and turns(out)[0].message_number == 1
 
 
 def test_streamed_turn_events() -> None:
@@ -200,9 +208,11 @@ def test_history_grows_with_finished_turns_only() -> None:
     [r1] = turns(chat.receive(msg("one", id="a")))
     run_turn(chat, r1, "ONE")
     [r2] = turns(chat.receive(msg("two", id="b")))
-    chat.turn_started(r2)
-    assert events(chat.turn_failed(r2, "boom")) == [ErrorEvent(code="agent_error", message="boom", id="b")]
-    assert chat.history() == (HistoryEntry("user", "one"), HistoryEntry("assistant", "ONE"))
+    chat.run.turn_started(r2)
+    failed = chat.run.turn_ended(r2, TurnStatus.FAILED, error="boom")
+    assert failed[0] == ErrorEvent(code="agent_error", message="boom", id="b")
+    assert isinstance(failed[1], StreamEnd) and failed[1].status == "failed"
+    assert chat.run.history() == (HistoryEntry("user", "one"), HistoryEntry("assistant", "ONE"))
 
 
 def test_history_is_bounded_by_characters() -> None:
@@ -211,7 +221,7 @@ def test_history_is_bounded_by_characters() -> None:
     for i, text in enumerate(["aaaa", "bbbb", "cccc"]):
         [r] = turns(chat.receive(msg(text, id=i)))
         run_turn(chat, r, text.upper())
-    assert chat.history() == (HistoryEntry("user", "cccc"), HistoryEntry("assistant", "CCCC"))
+    assert chat.run.history() == (HistoryEntry("user", "cccc"), HistoryEntry("assistant", "CCCC"))
 
 
 @pytest.mark.parametrize(
@@ -230,7 +240,7 @@ def test_malformed_input_gets_an_error_and_the_session_stays_open(frame: str, co
     assert isinstance(error, ErrorEvent) and error.code == code and error.id is None
     assert not any(isinstance(a, Close) for a in out)
     assert chat.state is SessionState.OPEN
-    assert events(chat.receive(msg()))[0] == Ack(id="auto-1", message_number=1)
+    assert turns(chat.receive(msg()))[0].message_number == 1
 
 
 def test_unknown_agent_is_refused_without_a_number() -> None:
@@ -238,7 +248,7 @@ def test_unknown_agent_is_refused_without_a_number() -> None:
     chat = make(authenticated=True)
     out = chat.receive(json.dumps({"type": "message", "id": "x", "payload": {"message": "q", "agent": "ghost"}}))
     assert events(out) == [ErrorEvent(code="unknown_agent", message="no agent named 'ghost'", id="x")]
-    assert chat.message_count == 0
+    assert chat.run.message_count == 0
 
 
 def test_queue_is_bounded() -> None:
@@ -248,15 +258,17 @@ def test_queue_is_bounded() -> None:
     chat.receive(msg(id=2))
     [error] = events(chat.receive(msg(id=3)))
     assert isinstance(error, ErrorEvent) and error.code == "queue_full" and error.id == 3
-    assert chat.message_count == 2
+    assert chat.run.message_count == 2
 
 
-def test_duplicate_running_id_is_refused() -> None:
-    """A second message reusing the id of a turn still running is refused."""
-    chat = make(authenticated=True)
-    chat.receive(msg(id="same"))
-    [error] = events(chat.receive(msg(id="same")))
-    assert isinstance(error, ErrorEvent) and error.code == "invalid_message"
+def test_resent_id_is_acked_again_and_not_run_twice() -> None:
+    """A message whose id was accepted before gets its original ack back and is not counted."""
+    chat = make(authenticated=True, max_messages=2)
+    [first] = turns(chat.receive(msg(id="same")))
+    run_turn(chat, first, "done")
+    out = chat.receive(msg(id="same"))
+    assert events(out) == [Ack(id="same", message_number=1)]
+    assert turns(out) == [] and chat.run.message_count == 1
 
 
 def test_message_limit_refuses_then_closes_after_running_turns() -> None:
@@ -306,7 +318,7 @@ def test_turn_callbacks_reject_unknown_turns() -> None:
     chat = make(authenticated=True)
     ghost = TurnRequest(id="g", message_number=1, message="m", context={}, agent="assistant")
     with pytest.raises(LocalProtocolError):
-        chat.turn_chunk(ghost, "x")
+        chat.run.turn_chunk(ghost, "x")
 
 
 def test_closed_session_ignores_input() -> None:
@@ -355,3 +367,79 @@ def test_settings_are_range_checked(kwargs: dict[str, Any], error: str) -> None:
 def test_handshake_secret_locations(headers: list[tuple[bytes, bytes]], target: str, expected: HandshakeAuth) -> None:
     """Header, bearer token and both query names are checked; any wrong secret rejects."""
     assert check_handshake_secret(ChatSettings(secret=SECRET), headers, target) is expected
+
+
+# --------------------------------------------------------------------------- run: cancel, seq, replay, resume
+
+
+def test_cancel_of_a_pending_turn_asks_the_io_layer() -> None:
+    """`cancel` for a queued or running turn becomes a CancelTurn action."""
+    chat = make(authenticated=True)
+    chat.receive(msg(id="t"))
+    assert CancelTurn("t") in chat.receive('{"type": "cancel", "id": "t"}')
+
+
+def test_cancel_of_an_unknown_turn_is_an_error() -> None:
+    """`cancel` naming no pending turn gets `unknown_turn`."""
+    chat = make(authenticated=True)
+    [error] = events(chat.receive('{"type": "cancel", "id": "nope"}'))
+    assert error.code == "unknown_turn" and error.id == "nope"
+
+
+def test_cancelled_turn_ends_with_its_partial_text() -> None:
+    """A cancelled turn ends with stream_end status `cancelled`, the text so far, and joins no history."""
+    chat = make(authenticated=True)
+    [req] = turns(chat.receive(msg("q", id="t")))
+    chat.run.turn_started(req)
+    chat.run.turn_chunk(req, "half")
+    [end] = chat.run.turn_ended(req, TurnStatus.CANCELLED)
+    assert end == StreamEnd(id="t", agent="assistant", full_response="half", token_usage=TokenUsage(1, 1), status="cancelled")
+    assert chat.run.history() == ()
+
+
+def test_seq_counts_emitted_events_and_replay_returns_what_follows() -> None:
+    """emit numbers events 1, 2, 3...; replay_after(n) returns those after n, complete."""
+    run = ChatRun("r")
+    for i in range(5):
+        assert run.emit(Ack(id=i, message_number=i + 1)) == i + 1
+    replay, complete = run.replay_after(3)
+    assert [seq for seq, _ in replay] == [4, 5] and complete
+    assert run.replay_after(5) == ([], True)
+
+
+def test_replay_is_incomplete_once_the_log_dropped_events() -> None:
+    """Past replay_max_bytes the oldest events are dropped, and replay says it is not complete."""
+    run = ChatRun("r", replay_max_bytes=1000)
+    for i in range(50):
+        run.emit(StreamChunk(id="t", agent="a", chunk="x" * 40))
+    replay, complete = run.replay_after(0)
+    assert not complete and replay[0][0] > 1 and replay[-1][0] == 50
+    assert run.replay_after(replay[0][0] - 1)[1]
+
+
+def test_resume_asks_for_the_run_before_any_message() -> None:
+    """`resume` on a fresh connection becomes ResumeRun; after a message it is refused."""
+    chat = make(authenticated=True)
+    assert chat.receive('{"type": "resume", "connector_run_id": "old", "last_seq": 4}')[0] == ResumeRun("old", 4)
+    chat.receive(msg())
+    [error] = events(chat.receive('{"type": "resume", "connector_run_id": "old", "last_seq": 4}'))
+    assert error.code == "invalid_message"
+
+
+def test_attach_switches_runs_and_reports_completeness() -> None:
+    """attach() moves the connection to the resumed run and answers `resumed` with what is replayed."""
+    chat = make(authenticated=True)
+    old = ChatRun("old")
+    for i in range(3):
+        old.emit(Ack(id=i, message_number=i + 1))
+    replay, actions = chat.attach(old, 1)
+    assert [seq for seq, _ in replay] == [2, 3]
+    assert actions == [Send(Resumed(connector_run_id="old", last_seq=3, replayed=2, complete=True))]
+    assert chat.run is old
+
+
+def test_resume_of_an_unknown_run_is_an_error() -> None:
+    """resume_failed() reports `unknown_run` and names the run the connection keeps."""
+    chat = make(authenticated=True)
+    [error] = events(chat.resume_failed("ghost"))
+    assert error.code == "unknown_run" and "'run-1'" in error.message

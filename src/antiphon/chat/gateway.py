@@ -1,44 +1,51 @@
 """The chat gateway: serves agents to Connic-protocol clients over WebSocket.
 
-The protocol decisions live in :class:`antiphon.proto.chat_session.ChatSession`; this
-module is the Trio half. For each connection it runs a :class:`ChatSessionHandler` on
-the session engine: frames go into the sans-IO session, and the actions that come out
-are carried out (send an event, queue a turn, set the timer, close). Agent turns run
-one at a time, in order, in a task of the session's nursery, so closing the session
-cancels the turn.
+The protocol decisions live in the sans-IO :class:`~antiphon.proto.chat_session.ChatSession`
+(one per connection) and :class:`~antiphon.proto.chat_run.ChatRun` (one per
+conversation); this module is the Trio half. For each connection a
+:class:`ChatSessionHandler` runs on the session engine: frames go into the
+``ChatSession``, and the actions that come out are carried out. The conversation's
+tasks (storing, agent turns) belong to a :class:`~antiphon.chat.runs.LiveRun` in the
+gateway's runs nursery, so a run survives a dropped connection and can be resumed.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 import trio
 from attrs import field, frozen
 
-from antiphon.chat.agents import Agent, Turn, demo_agent, run_agent
+from antiphon.chat.agents import Agent, demo_agent
+from antiphon.chat.runs import LiveRun, RunRegistry
+from antiphon.chat.store import TranscriptStore, now
 from antiphon.engine import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
 from antiphon.proto.chat import CloseCode, ErrorCode, ErrorEvent, encode_event
 from antiphon.proto.chat_session import (
+    Accept,
     Action,
+    CancelTurn,
     ChatSession,
     ChatSettings,
     Close,
     HandshakeAuth,
+    ResumeRun,
     Send,
     SetTimer,
-    StartTurn,
-    TurnRequest,
     check_handshake_secret,
 )
-from antiphon.server import Accept, HandshakeRequest, Reject, ServerConfig, SessionServer
+from antiphon.server import Accept as AcceptHandshake
+from antiphon.server import HandshakeRequest, Reject, ServerConfig, SessionServer
 
 __all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
 
 log = logging.getLogger("antiphon.chat")
+
+RETENTION_SWEEP_S: Final = 3600.0
+"""How often expired transcripts are deleted."""
 
 
 def _agents_mapping(value: Agent | Mapping[str, Agent]) -> Mapping[str, Agent]:
@@ -65,92 +72,90 @@ class Connector:
         if not self.path.startswith("/"):
             raise ConfigError(f"path: must start with '/', got {self.path!r}")
 
-    @property
-    def agent_names(self) -> tuple[str, ...]:
-        return tuple(self.agents)
-
 
 class ChatSessionHandler(SessionHandler):
-    """Runs one chat session: the sans-IO :class:`ChatSession` plus its agent turns."""
+    """Runs one chat connection: the sans-IO :class:`ChatSession` over a :class:`LiveRun`."""
 
-    def __init__(self, connector: Connector, *, session_id: str, authenticated: bool) -> None:
+    def __init__(self, registry: RunRegistry, connector: Connector, *, authenticated: bool) -> None:
+        self.registry = registry
         self.connector = connector
-        self.chat = ChatSession(
-            connector.settings, session_id=session_id, authenticated=authenticated, agents=connector.agent_names
-        )
-        # Unbounded here because ChatSession already bounds accepted turns (max_queued_turns).
-        self._turns_in, self._turns_out = trio.open_memory_channel[TurnRequest](math.inf)
+        self.run: LiveRun = registry.create(connector.path, connector.settings, connector.agents)
+        self.chat = ChatSession(connector.settings, self.run.state, authenticated=authenticated)
+        self.session: Session | None = None
 
     async def on_open(self, session: Session) -> None:
-        session.nursery.start_soon(self._run_turns, session)
-        self._apply(session, self.chat.open())
+        self.session = session
+        self.run.attach(self)
+        self._apply(self.chat.open())
 
     async def on_message(self, session: Session, message: str | bytes) -> None:
-        self._apply(session, self.chat.receive(message))
+        self._apply(self.chat.receive(message))
 
     def on_timer(self, session: Session) -> None:
-        self._apply(session, self.chat.timer_expired())
+        self._apply(self.chat.timer_expired())
 
     def on_shutdown(self, session: Session) -> None:
-        self._apply(session, self.chat.shutdown())
+        self._apply(self.chat.shutdown())
 
     def on_close(self, session: Session) -> None:
-        self._turns_in.close()
+        self.session = None
+        self.run.detach(self, code=session.close_code or 1006, by_peer=session.closed_by_peer)
         log.debug("session %s closed: %s %s", session.id, session.close_code, session.close_reason)
+
+    # ------------------------------------------------------------------ RunHolder
+
+    def turn_ended(self) -> None:
+        self._apply(self.chat.turn_ended())
+
+    def run_lost(self, code: int, reason: str) -> None:
+        if self.session is not None:
+            self.session.close(code, reason)
 
     # ------------------------------------------------------------------ actions
 
-    def _apply(self, session: Session, actions: Iterable[Action]) -> None:
+    def _apply(self, actions: Iterable[Action]) -> None:
+        session = self.session
+        if session is None:
+            return
         for action in actions:
             if isinstance(action, Send):
                 session.send_nowait(encode_event(action.event))
-            elif isinstance(action, StartTurn):
-                self._turns_in.send_nowait(action.request)
+            elif isinstance(action, Accept):
+                self.run.accept(action.request)
+            elif isinstance(action, CancelTurn):
+                self.run.cancel(action.id)
             elif isinstance(action, SetTimer):
                 session.set_timer(action.seconds)
+            elif isinstance(action, ResumeRun):
+                self._resume(session, action.run_id, action.last_seq)
             elif isinstance(action, Close):
                 if action.event is not None:
                     session.send_nowait(encode_event(action.event))
                 session.close(action.code, action.reason)
 
-    async def _deliver(self, session: Session, actions: Iterable[Action]) -> None:
-        # Turn output waits for room in the send queue: a slow reader slows the agent.
-        for action in actions:
-            if isinstance(action, Send):
-                await session.send(encode_event(action.event))
-            else:
-                self._apply(session, (action,))
-
-    # ------------------------------------------------------------------ turns
-
-    async def _run_turns(self, session: Session) -> None:
-        async for request in self._turns_out:
-            await self._run_turn(session, request)
-
-    async def _run_turn(self, session: Session, request: TurnRequest) -> None:
-        chat = self.chat
-        turn = Turn(
-            message=request.message,
-            context=request.context,
-            history=chat.history(),
-            session_id=chat.session_id,
-            message_id=request.id,
-            message_number=request.message_number,
-            agent=request.agent,
-        )
-        agent = self.connector.agents[request.agent]
-        await self._deliver(session, chat.turn_started(request))
-        try:
-            async for chunk in run_agent(agent, turn):
-                await self._deliver(session, chat.turn_chunk(request, chunk))
-        except Exception as exc:
-            # The agent's traceback is for the server's log; the client gets the kind only,
-            # since exception text can carry anything (keys, prompts, paths).
-            log.exception("session %s: agent %r failed on turn %r", session.id, request.agent, request.id)
-            failure = f"agent {request.agent!r} failed ({type(exc).__name__})"
-            await self._deliver(session, chat.turn_failed(request, failure))
+    def _resume(self, session: Session, run_id: str, last_seq: int) -> None:
+        target = self.registry.find(run_id, self.connector.path)
+        if target is None:
+            self._apply(self.chat.resume_failed(run_id))
             return
-        await self._deliver(session, chat.turn_finished(request, turn.usage))
+        fresh, self.run = self.run, target
+        fresh.detach(self, code=1000, by_peer=True)  # the run made for this connection is unused
+        target.claim(self)  # events are only logged until the replay has caught up
+        replay, actions = self.chat.attach(target.state, last_seq)
+        self._apply(actions)
+        session.nursery.start_soon(self._replay, session, target, replay[-1][0] if replay else last_seq, replay)
+
+    async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, object]]) -> None:
+        # Replay under backpressure, then keep replaying whatever was logged meanwhile;
+        # attach with no checkpoint after the last look, so no event falls in between.
+        batch = first
+        while batch:
+            for seq, event in batch:
+                await session.wait_for_room()
+                session.send_nowait(encode_event(event, seq))  # type: ignore[arg-type]
+                through = seq
+            batch, _ = run.state.replay_after(through)  # type: ignore[assignment]
+        run.attach(self)
 
 
 class _ServerFullHandler(SessionHandler):
@@ -161,13 +166,20 @@ class _ServerFullHandler(SessionHandler):
 
 
 class ChatGateway(SessionServer):
-    """A :class:`SessionServer` routing each handshake to its :class:`Connector` by path."""
+    """A :class:`SessionServer` routing each handshake to its :class:`Connector` by path.
+
+    ``store`` keeps transcripts (None keeps none); ``retention_s`` deletes runs idle for
+    longer (None keeps them forever), checked at start and every hour.
+    """
 
     def __init__(
         self,
         connectors: Connector | Sequence[Connector],
         config: ServerConfig | None = None,
         session_config: SessionConfig | None = None,
+        *,
+        store: TranscriptStore | None = None,
+        retention_s: float | None = None,
     ) -> None:
         mounted = [connectors] if isinstance(connectors, Connector) else list(connectors)
         if not mounted:
@@ -177,9 +189,33 @@ class ChatGateway(SessionServer):
             if c.path in self.connectors:
                 raise ConfigError(f"connectors: two connectors are mounted at {c.path!r}")
             self.connectors[c.path] = c
+        self.store = store
+        self.retention_s = retention_s
+        self.registry: RunRegistry | None = None
         super().__init__(self._route, config, session_config)
 
-    def _route(self, request: HandshakeRequest, *, full: bool) -> Accept | Reject:
+    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or shut down; the runs nursery outlives every connection."""
+        async with trio.open_nursery() as runs:
+            self.registry = RunRegistry(runs, self.store)
+            if self.store is not None and self.retention_s is not None:
+                runs.start_soon(self._sweep, self.store, self.retention_s)
+            try:
+                await super().run(listen=listen, task_status=task_status)
+            finally:
+                runs.cancel_scope.cancel()
+
+    async def _sweep(self, store: TranscriptStore, retention_s: float) -> None:
+        while True:
+            try:
+                removed = await store.cleanup(now() - retention_s)
+                if removed:
+                    log.info("deleted %d transcripts older than %gs", removed, retention_s)
+            except Exception:
+                log.exception("transcript cleanup failed")
+            await trio.sleep(RETENTION_SWEEP_S)
+
+    def _route(self, request: HandshakeRequest, *, full: bool) -> AcceptHandshake | Reject:
         connector = self.connectors.get(request.path)
         if connector is None:
             return Reject(404, b"no chat connector at this path\n")
@@ -188,12 +224,11 @@ class ChatGateway(SessionServer):
             log.info("handshake from %s: invalid secret", request.remote)
             return Reject(401, b"invalid secret\n")
         if full:
-            return Accept(_ServerFullHandler())
-        session_id = uuid.uuid4().hex
-        handler = ChatSessionHandler(
-            connector, session_id=session_id, authenticated=auth is HandshakeAuth.ACCEPTED
-        )
-        return Accept(handler, session_id=session_id)
+            return AcceptHandshake(_ServerFullHandler())
+        if self.registry is None:
+            raise RuntimeError("ChatGateway.run() is not running")
+        handler = ChatSessionHandler(self.registry, connector, authenticated=auth is HandshakeAuth.ACCEPTED)
+        return AcceptHandshake(handler, session_id=handler.run.run_id)
 
 
 async def serve_chat(
@@ -201,6 +236,8 @@ async def serve_chat(
     config: ServerConfig | None = None,
     session_config: SessionConfig | None = None,
     *,
+    store: TranscriptStore | None = None,
+    retention_s: float | None = None,
     task_status: trio.TaskStatus[ChatGateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the chat gateway until cancelled or shut down.
@@ -209,5 +246,5 @@ async def serve_chat(
     ``gateway.port`` / ``gateway.url`` tell where, ``await gateway.shutdown()`` stops it
     gracefully. Cancelling the task instead closes every session at once with 1001.
     """
-    gateway = ChatGateway(connectors, config, session_config)
-    await gateway.run(task_status=task_status)
+    gateway = ChatGateway(connectors, config, session_config, store=store, retention_s=retention_s)
+    await gateway.run(task_status=task_status)  # type: ignore[arg-type]

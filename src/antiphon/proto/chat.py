@@ -8,9 +8,18 @@ each, discriminated by ``"type"``. Clients send::
      "payload": {"message": "...", "context": {...}}}   a user message (id, context optional)
     {"message": "..."}  /  {"content": "..."}           shorthands for the same
     {"type": "ping"}                                    application keepalive for browsers
+    {"type": "resume", "connector_run_id": "...",
+     "last_seq": 17}                                    pick up a run after a reconnect
+    {"type": "cancel", "id": "msg-001"}                 stop a turn
 
 and the gateway answers with ``connected``, ``ack``, ``stream_start`` /
-``stream_chunk`` / ``stream_end`` or ``response``, ``pong`` and ``error``.
+``stream_chunk`` / ``stream_end`` or ``response``, ``pong``, ``resumed`` and ``error``.
+
+Events that belong to the conversation (acks, a turn's events, a turn's error) carry
+``seq``: 1, 2, 3... per run, without gaps, so a client can tell what it missed and ask
+for it with ``resume``. Events about the connection itself (``connected``, ``pong``,
+``resumed``, errors about a frame that was refused) carry no ``seq``: they are not
+replayed.
 
 Where the public protocol is silent antiphon defines the ``error`` event and the close
 codes below; the README's protocol table is generated from the same facts.
@@ -37,6 +46,7 @@ from antiphon.proto._codec import dumps, expect_object, loads, make_converter, s
 __all__ = [
     "Ack",
     "Auth",
+    "Cancel",
     "ClientMessage",
     "CloseCode",
     "Connected",
@@ -45,14 +55,18 @@ __all__ = [
     "Ping",
     "Pong",
     "Response",
+    "Resume",
+    "Resumed",
     "ServerEvent",
     "StreamChunk",
     "StreamEnd",
     "StreamStart",
     "TokenUsage",
+    "TurnStatus",
     "UserMessage",
     "decode_client_message",
     "decode_server_event",
+    "decode_server_frame",
     "encode_client_message",
     "encode_event",
 ]
@@ -74,6 +88,7 @@ class CloseCode(enum.IntEnum):
     AUTH_FAILED = 4401
     AUTH_TIMEOUT = 4408
     SESSION_EXPIRED = 4410
+    RESUMED_ELSEWHERE = 4409
     MESSAGE_LIMIT = 4429
 
 
@@ -87,6 +102,9 @@ class ErrorCode(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_TYPE = "unknown_type"
     UNKNOWN_AGENT = "unknown_agent"
+    UNKNOWN_RUN = "unknown_run"
+    UNKNOWN_TURN = "unknown_turn"
+    STORE_ERROR = "store_error"
     QUEUE_FULL = "queue_full"
     MESSAGE_LIMIT = "message_limit"
     SESSION_EXPIRED = "session_expired"
@@ -126,7 +144,30 @@ class Ping:
     """``{"type": "ping"}``: an application-level keepalive (browsers cannot send WebSocket pings)."""
 
 
-ClientMessage: TypeAlias = Auth | UserMessage | Ping
+@frozen
+class Resume:
+    """``{"type": "resume", ...}``: attach this connection to an earlier run and replay what it missed."""
+
+    connector_run_id: str
+    last_seq: int = 0
+
+
+@frozen
+class Cancel:
+    """``{"type": "cancel", "id": ...}``: stop that turn's generation now."""
+
+    id: str | int
+
+
+ClientMessage: TypeAlias = Auth | UserMessage | Ping | Resume | Cancel
+
+
+class TurnStatus(enum.StrEnum):
+    """How a turn ended, as ``stream_end`` / ``response`` report it in ``status``."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
 
 
 @frozen
@@ -204,6 +245,7 @@ class StreamEnd:
     agent: str
     full_response: str
     token_usage: TokenUsage
+    status: str = TurnStatus.COMPLETED
 
 
 @frozen(kw_only=True)
@@ -215,6 +257,7 @@ class Response:
     agent: str
     response: str
     token_usage: TokenUsage
+    status: str = TurnStatus.COMPLETED
 
 
 @frozen(kw_only=True)
@@ -232,10 +275,21 @@ class Pong:
     type: ClassVar[str] = "pong"
 
 
-ServerEvent: TypeAlias = Connected | Ack | StreamStart | StreamChunk | StreamEnd | Response | ErrorEvent | Pong
+@frozen(kw_only=True)
+class Resumed:
+    """The answer to ``resume``: ``complete`` is False when some missed events were no longer held."""
+
+    type: ClassVar[str] = "resumed"
+    connector_run_id: str
+    last_seq: int
+    replayed: int
+    complete: bool
+
+
+ServerEvent: TypeAlias = Connected | Ack | StreamStart | StreamChunk | StreamEnd | Response | ErrorEvent | Pong | Resumed
 
 _EVENT_TYPES: Final[dict[str, type]] = {
-    cls.type: cls for cls in (Connected, Ack, StreamStart, StreamChunk, StreamEnd, Response, ErrorEvent, Pong)
+    cls.type: cls for cls in (Connected, Ack, StreamStart, StreamChunk, StreamEnd, Response, ErrorEvent, Pong, Resumed)
 }
 
 # --------------------------------------------------------------------------- the converter
@@ -258,19 +312,31 @@ for _cls in _EVENT_TYPES.values():
     _register_event(_cls)
 
 
-def encode_event(event: ServerEvent) -> str:
-    """The JSON text of a server event, ``type`` first."""
-    return dumps(_converter.unstructure(event))
+def encode_event(event: ServerEvent, seq: int | None = None) -> str:
+    """The JSON text of a server event, ``type`` first and ``seq`` last when given."""
+    doc = _converter.unstructure(event)
+    if seq is not None:
+        doc["seq"] = seq
+    return dumps(doc)
 
 
-def decode_server_event(data: str | bytes) -> ServerEvent:
-    """Parse a gateway event (the client's side of the protocol); raise :class:`DecodeError`."""
+def decode_server_frame(data: str | bytes) -> tuple[ServerEvent, int | None]:
+    """Parse a gateway frame into its event and its ``seq`` (None when it has none)."""
     obj = expect_object(loads(data))
     kind = obj.get("type")
     cls = _EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DecodeError(f"$.type: unknown event type {kind!r}")
-    return structure(_converter, {k: v for k, v in obj.items() if k != "type"}, cls)
+    seq = obj.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise DecodeError("$.seq: expected an integer")
+    body = {k: v for k, v in obj.items() if k != "type" and k != "seq"}
+    return structure(_converter, body, cls), seq
+
+
+def decode_server_event(data: str | bytes) -> ServerEvent:
+    """Parse a gateway event (the client's side of the protocol); raise :class:`DecodeError`."""
+    return decode_server_frame(data)[0]
 
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
@@ -296,6 +362,13 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         return _user_message(p.message, p.content, env.id, p.context, p.agent, "$.payload")
     if kind == "ping":
         return Ping()
+    if kind == "resume":
+        resume = structure(_converter, obj, Resume)
+        if resume.last_seq < 0:
+            raise DecodeError("$.last_seq: must not be negative")
+        return resume
+    if kind == "cancel":
+        return structure(_converter, obj, Cancel)
     if kind == "auth":
         return structure(_converter, obj, Auth)
     if not isinstance(kind, str):
@@ -327,6 +400,10 @@ def encode_client_message(message: ClientMessage) -> str:
         return dumps({"secret": message.secret})
     if isinstance(message, Ping):
         return dumps({"type": "ping"})
+    if isinstance(message, Resume):
+        return dumps({"type": "resume", "connector_run_id": message.connector_run_id, "last_seq": message.last_seq})
+    if isinstance(message, Cancel):
+        return dumps({"type": "cancel", "id": message.id})
     payload: dict[str, Any] = {"message": message.message}
     if message.context:
         payload["context"] = dict(message.context)

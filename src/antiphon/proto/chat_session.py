@@ -1,20 +1,22 @@
-"""The chat session as a sans-IO state machine.
+"""The chat connection as a sans-IO state machine.
 
 Theory of operation
 -------------------
-A :class:`ChatSession` is one connection's conversation, with no I/O and no clock. The
-Trio layer feeds it what happened and carries out what it answers:
+A :class:`ChatSession` is one connection's side of the protocol, with no I/O and no
+clock; the conversation itself is a :class:`~antiphon.proto.chat_run.ChatRun`, which
+outlives connections. The Trio layer feeds the session what happened and carries out
+what it answers:
 
 * inputs: :meth:`~ChatSession.open` once the WebSocket is accepted, :meth:`~ChatSession.receive`
   for every frame, :meth:`~ChatSession.timer_expired` when the one timer it asked for
-  runs out, :meth:`~ChatSession.shutdown` when the server is stopping, and the turn
-  callbacks (:meth:`~ChatSession.turn_started`, :meth:`~ChatSession.turn_chunk`,
-  :meth:`~ChatSession.turn_finished`, :meth:`~ChatSession.turn_failed`) while an agent runs;
-* outputs: a list of actions - :class:`Send` an event, :class:`StartTurn` (queue an agent
-  turn; turns run one at a time, in order), :class:`SetTimer` (replace the one timer:
-  the auth deadline before authentication, the inactivity timeout after), and
-  :class:`Close` (sent when it is time: at once for a failure, or once every accepted
-  turn has finished when the session drains).
+  runs out, :meth:`~ChatSession.shutdown` when the server is stopping,
+  :meth:`~ChatSession.turn_ended` whenever one of the run's turns ends, and
+  :meth:`~ChatSession.attach` once a ``resume`` found its run;
+* outputs: a list of actions - :class:`Send` a connection event (no ``seq``),
+  :class:`Accept` a message (store it, then ack it and queue its turn; turns run one
+  at a time, in order), :class:`CancelTurn`, :class:`ResumeRun` (look the run up),
+  :class:`SetTimer` (replace the one timer: the auth deadline before authentication,
+  the inactivity timeout after), and :class:`Close`.
 
 States::
 
@@ -22,30 +24,28 @@ States::
           |                         |                                                         ^
           +--- bad secret / timeout +--- inactivity timeout ----------------------------------+
 
-A message is *accepted* when it is acked: it gets a message number, counts against
-``max_messages`` and its turn will run. A message that is refused (queue full, limit
-reached, unknown agent, shutting down) gets an ``error`` event and is not numbered.
-Malformed input never ends the session: it gets an ``error`` event and the session
-carries on, except before authentication, where anything but the secret fails it.
+A message is *accepted* when the run numbers it; it counts against ``max_messages``
+and its turn will run. A refused message (queue full, limit reached, unknown agent,
+shutting down) gets an ``error`` event and no number. Malformed input never ends the
+session: it gets an ``error`` event and the session carries on, except before
+authentication, where anything but the secret (or a ping) fails it.
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
-import math
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias
+from collections.abc import Iterable
+from typing import Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from attrs import frozen
 
-from antiphon.errors import ConfigError, DecodeError, LocalProtocolError
+from antiphon.errors import ConfigError, DecodeError
 from antiphon.proto.chat import (
     Ack,
     Auth,
+    Cancel,
     CloseCode,
     Connected,
     ErrorCode,
@@ -53,35 +53,39 @@ from antiphon.proto.chat import (
     MessageId,
     Ping,
     Pong,
-    Response,
+    Resume,
+    Resumed,
     ServerEvent,
-    StreamChunk,
-    StreamEnd,
-    StreamStart,
-    TokenUsage,
-    UserMessage,
     decode_client_message,
+)
+from antiphon.proto.chat_run import (
+    CHARS_PER_TOKEN,
+    ChatRun,
+    HistoryEntry,
+    Refused,
+    TurnRequest,
+    estimate_tokens,
 )
 
 __all__ = [
+    "CHARS_PER_TOKEN",
+    "Accept",
     "Action",
+    "CancelTurn",
     "ChatSession",
     "ChatSettings",
     "Close",
     "HandshakeAuth",
     "HistoryEntry",
+    "ResumeRun",
     "Send",
     "SessionState",
     "SetTimer",
-    "StartTurn",
     "TurnRequest",
     "check_handshake_secret",
-    "request_path",
     "estimate_tokens",
+    "request_path",
 ]
-
-CHARS_PER_TOKEN: Final = 4
-"""The token estimate's rule of thumb: about four characters per token for English text."""
 
 MAX_MESSAGES_RANGE: Final = (1, 10_000)
 SESSION_TIMEOUT_RANGE_S: Final = (60.0, 86_400.0)
@@ -102,6 +106,8 @@ class ChatSettings:
     auth_timeout_s: float = 10.0
     max_queued_turns: int = 16
     history_max_chars: int = 1_000_000
+    resume_grace_s: float = 60.0
+    replay_max_bytes: int = 1_000_000
 
     def __attrs_post_init__(self) -> None:
         if self.require_auth and not self.secret:
@@ -120,6 +126,22 @@ class ChatSettings:
             raise ConfigError(f"max_queued_turns: must be at least 1, got {self.max_queued_turns}")
         if self.history_max_chars < 0:
             raise ConfigError(f"history_max_chars: must not be negative, got {self.history_max_chars}")
+        if self.resume_grace_s < 0:
+            raise ConfigError(f"resume_grace: must not be negative, got {self.resume_grace_s:g}")
+        if self.replay_max_bytes < 0:
+            raise ConfigError(f"replay_max_bytes: must not be negative, got {self.replay_max_bytes}")
+
+    def new_run(self, run_id: str, agents: tuple[str, ...] = ("assistant",)) -> ChatRun:
+        """A fresh :class:`ChatRun` with these settings."""
+        return ChatRun(
+            run_id,
+            agents=agents,
+            streaming=self.streaming,
+            max_messages=self.max_messages,
+            max_queued_turns=self.max_queued_turns,
+            history_max_chars=self.history_max_chars,
+            replay_max_bytes=self.replay_max_bytes,
+        )
 
 
 class SessionState(enum.Enum):
@@ -130,32 +152,32 @@ class SessionState(enum.Enum):
 
 
 @frozen
-class HistoryEntry:
-    """One earlier utterance of the session, as an agent sees it."""
-
-    role: Literal["user", "assistant"]
-    text: str
-
-
-@frozen(kw_only=True)
-class TurnRequest:
-    """An accepted message whose agent turn is to run."""
-
-    id: MessageId
-    message_number: int
-    message: str
-    context: Mapping[str, Any]
-    agent: str
-
-
-@frozen
 class Send:
+    """Send a connection event (it carries no ``seq`` and is not replayed)."""
+
     event: ServerEvent
 
 
 @frozen
-class StartTurn:
+class Accept:
+    """A message was accepted: store it, then ack it (with a ``seq``) and queue its turn."""
+
     request: TurnRequest
+
+
+@frozen
+class CancelTurn:
+    """Stop the turn ``id`` of the current run (queued or running)."""
+
+    id: MessageId
+
+
+@frozen
+class ResumeRun:
+    """Find the run ``run_id`` and, if it is there, :meth:`ChatSession.attach` it."""
+
+    run_id: str
+    last_seq: int
 
 
 @frozen
@@ -174,53 +196,17 @@ class Close:
     event: ErrorEvent | None = None
 
 
-Action: TypeAlias = Send | StartTurn | SetTimer | Close
-
-
-def estimate_tokens(text: str) -> int:
-    """The documented estimate used when an agent reports no usage: ceil(len / 4)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def _new_message_id(number: int) -> str:
-    return f"msg_{uuid.uuid4().hex[:16]}"
+Action: TypeAlias = Send | Accept | CancelTurn | ResumeRun | SetTimer | Close
 
 
 class ChatSession:
-    """One connection's conversation state; see the module docstring for how to drive it."""
+    """One connection's protocol state over a :class:`ChatRun`; see the module docstring."""
 
-    def __init__(
-        self,
-        settings: ChatSettings,
-        *,
-        session_id: str,
-        authenticated: bool,
-        agents: tuple[str, ...] = ("assistant",),
-        new_message_id: Callable[[int], str] = _new_message_id,
-    ) -> None:
-        if not agents:
-            raise ConfigError("agents: at least one agent is required")
+    def __init__(self, settings: ChatSettings, run: ChatRun, *, authenticated: bool) -> None:
         self.settings = settings
-        self.agents = agents
-        self.session_id = session_id
+        self.run = run
         self.state = SessionState.OPEN if authenticated or not settings.require_auth else SessionState.AUTHENTICATING
-        self.message_count = 0
-        self._new_message_id = new_message_id
-        self._history: deque[HistoryEntry] = deque()
-        self._history_chars = 0
-        self._pending: dict[MessageId, list[str]] = {}
         self._drain: Close | None = None
-
-    # ------------------------------------------------------------------ queries
-
-    @property
-    def pending_turns(self) -> int:
-        """Accepted turns not yet finished (running or waiting)."""
-        return len(self._pending)
-
-    def history(self) -> tuple[HistoryEntry, ...]:
-        """The earlier turns of the session, oldest first, within ``history_max_chars``."""
-        return tuple(self._history)
 
     # ------------------------------------------------------------------ inputs
 
@@ -251,6 +237,13 @@ class ChatSession:
             return [Send(self._connected()), SetTimer(self.settings.session_timeout_s)]
         if self.state is SessionState.AUTHENTICATING:
             return self._fail_auth(ErrorCode.AUTH_REQUIRED, 'the first message must be {"secret": ...}')
+        if isinstance(msg, Resume):
+            return [*self._resume(msg), *self._activity()]
+        if isinstance(msg, Cancel):
+            if not self.run.is_pending(msg.id):
+                error = ErrorEvent(code=ErrorCode.UNKNOWN_TURN, message=f"no turn {msg.id!r} is running or queued", id=msg.id)
+                return [Send(error), *self._activity()]
+            return [CancelTurn(msg.id), *self._activity()]
         return [*self._accept(msg), *self._activity()]
 
     def timer_expired(self) -> list[Action]:
@@ -273,59 +266,29 @@ class ChatSession:
         if self.state is SessionState.AUTHENTICATING:
             self.state = SessionState.CLOSED
             return [Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event)]
-        return self._start_draining(Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event))
+        return self._start_draining(Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event), force=True)
 
-    # ------------------------------------------------------------------ turn progress
+    def turn_ended(self) -> list[Action]:
+        """One of the run's turns ended: a draining session may now close."""
+        return self._maybe_finish_draining()
 
-    def turn_started(self, request: TurnRequest) -> list[Action]:
-        """The agent of ``request`` starts; returns ``stream_start`` when streaming."""
-        self._require_pending(request)
-        if self.settings.streaming:
-            return [Send(StreamStart(id=request.id, agent=request.agent))]
-        return []
+    def attach(self, run: ChatRun, last_seq: int) -> tuple[list[tuple[int, ServerEvent]], list[Action]]:
+        """``resume`` found ``run``: switch to it; returns the events to replay, then the actions."""
+        self.run = run
+        events, complete = run.replay_after(last_seq)
+        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.seq, replayed=len(events), complete=complete)
+        return events, [Send(resumed)]
 
-    def turn_chunk(self, request: TurnRequest, chunk: str) -> list[Action]:
-        """The agent produced ``chunk``; returns ``stream_chunk`` when streaming (and the chunk is not empty)."""
-        parts = self._require_pending(request)
-        if not chunk:
-            return []
-        parts.append(chunk)
-        if self.settings.streaming:
-            return [Send(StreamChunk(id=request.id, agent=request.agent, chunk=chunk))]
-        return []
-
-    def turn_finished(self, request: TurnRequest, usage: TokenUsage | None = None) -> list[Action]:
-        """The agent finished: the reply goes out and joins the history."""
-        text = "".join(self._require_pending(request))
-        del self._pending[request.id]
-        if usage is None:
-            prompt = sum(len(h.text) for h in self._history) + len(request.message)
-            usage = TokenUsage(math.ceil(prompt / CHARS_PER_TOKEN), estimate_tokens(text))
-        self._remember(HistoryEntry("user", request.message))
-        self._remember(HistoryEntry("assistant", text))
-        event: ServerEvent
-        if self.settings.streaming:
-            event = StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage)
-        else:
-            event = Response(id=request.id, agent=request.agent, response=text, token_usage=usage)
-        return [Send(event), *self._maybe_finish_draining()]
-
-    def turn_failed(self, request: TurnRequest, message: str) -> list[Action]:
-        """The agent raised: an ``agent_error`` for that turn; the session stays usable.
-
-        A failed turn leaves no trace in the history, so the next turn's agent does not
-        see a question without its answer.
-        """
-        self._require_pending(request)
-        del self._pending[request.id]
-        event = ErrorEvent(code=ErrorCode.AGENT_ERROR, message=message, id=request.id)
-        return [Send(event), *self._maybe_finish_draining()]
+    def resume_failed(self, run_id: str) -> list[Action]:
+        """``resume`` named a run that is unknown or expired; this connection keeps its own run."""
+        text = f"no resumable run {run_id!r} (unknown or expired); continue in run {self.run.run_id!r}"
+        return [Send(ErrorEvent(code=ErrorCode.UNKNOWN_RUN, message=text))]
 
     # ------------------------------------------------------------------ internals
 
     def _connected(self) -> Connected:
-        sid = self.session_id
-        return Connected(session_id=sid, connector_run_id=sid, agents=self.agents)
+        rid = self.run.run_id
+        return Connected(session_id=rid, connector_run_id=rid, agents=self.run.agents)
 
     def _activity(self) -> list[Action]:
         if self.state is SessionState.OPEN or self.state is SessionState.DRAINING:
@@ -336,61 +299,41 @@ class ChatSession:
         self.state = SessionState.CLOSED
         return [Close(CloseCode.AUTH_FAILED, "authentication failed", ErrorEvent(code=code, message=message))]
 
-    def _accept(self, msg: UserMessage) -> list[Action]:
+    def _resume(self, msg: Resume) -> list[Action]:
+        if self.run.message_count or self.run.seq:
+            text = "resume must come before the first message of a connection"
+            return [Send(ErrorEvent(code=ErrorCode.INVALID_MESSAGE, message=text))]
+        if msg.connector_run_id == self.run.run_id:
+            return []
+        return [ResumeRun(msg.connector_run_id, msg.last_seq)]
+
+    def _accept(self, msg: object) -> list[Action]:
+        assert not isinstance(msg, (Auth, Ping, Resume, Cancel))
         if self._drain is not None:
             code = ErrorCode.MESSAGE_LIMIT if self._drain.code is CloseCode.MESSAGE_LIMIT else ErrorCode.SERVER_SHUTDOWN
-            return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]
-        agent = msg.agent if msg.agent is not None else self.agents[0]
-        if agent not in self.agents:
-            return [Send(ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {agent!r}", id=msg.id))]
-        if self.message_count >= self.settings.max_messages:
-            limit = self.settings.max_messages
-            event = ErrorEvent(
-                code=ErrorCode.MESSAGE_LIMIT, message=f"the session reached its limit of {limit} messages", id=msg.id
-            )
-            return [Send(event), *self._start_draining(Close(CloseCode.MESSAGE_LIMIT, "message limit"))]
-        if len(self._pending) >= self.settings.max_queued_turns:
-            event = ErrorEvent(
-                code=ErrorCode.QUEUE_FULL,
-                message=f"{len(self._pending)} turns are already waiting; send again later",
-                id=msg.id,
-            )
-            return [Send(event)]
-        if msg.id is not None and msg.id in self._pending:
-            event = ErrorEvent(
-                code=ErrorCode.INVALID_MESSAGE, message=f"a turn with id {msg.id!r} is already running", id=msg.id
-            )
-            return [Send(event)]
-        self.message_count += 1
-        n = self.message_count
-        mid = msg.id if msg.id is not None else self._new_message_id(n)
-        self._pending[mid] = []
-        request = TurnRequest(id=mid, message_number=n, message=msg.message, context=msg.context, agent=agent)
-        return [Send(Ack(id=mid, message_number=n)), StartTurn(request)]
+            return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]  # type: ignore[attr-defined]
+        result = self.run.accept(msg)  # type: ignore[arg-type]
+        if isinstance(result, TurnRequest):
+            return [Accept(result)]
+        if isinstance(result, Ack):
+            return [Send(result)]
+        assert isinstance(result, Refused)
+        out: list[Action] = [Send(result.event)]
+        if result.limit_reached:
+            out += self._start_draining(Close(CloseCode.MESSAGE_LIMIT, "message limit"))
+        return out
 
-    def _start_draining(self, close: Close) -> list[Action]:
+    def _start_draining(self, close: Close, *, force: bool = False) -> list[Action]:
         self.state = SessionState.DRAINING
-        if self._drain is None or close.code is CloseCode.SERVER_SHUTDOWN:
+        if self._drain is None or force:
             self._drain = close
         return self._maybe_finish_draining()
 
     def _maybe_finish_draining(self) -> list[Action]:
-        if self._drain is None or self._pending or self.state is SessionState.CLOSED:
+        if self._drain is None or self.run.pending_turns or self.state is SessionState.CLOSED:
             return []
         self.state = SessionState.CLOSED
         return [self._drain]
-
-    def _require_pending(self, request: TurnRequest) -> list[str]:
-        try:
-            return self._pending[request.id]
-        except KeyError:
-            raise LocalProtocolError(f"turn {request.id!r} is not running") from None
-
-    def _remember(self, entry: HistoryEntry) -> None:
-        self._history.append(entry)
-        self._history_chars += len(entry.text)
-        while self._history_chars > self.settings.history_max_chars and self._history:
-            self._history_chars -= len(self._history.popleft().text)
 
 
 def _decode_error_code(exc: DecodeError) -> ErrorCode:
