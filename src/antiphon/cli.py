@@ -8,12 +8,15 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import trio
 
-from antiphon.chat.config import ConnectorSpec, GatewaySetup, GatewaySpec, build, load_file
+from antiphon.chat.config import ConnectorSpec, GatewaySetup, GatewaySpec, build, load_file, store_location
 from antiphon.chat.gateway import ChatGateway
+from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
+from antiphon.chat.store import MemoryStore, SqliteStore, read_run, read_runs
 from antiphon.errors import AntiphonError
 
 __all__ = ["main"]
@@ -37,8 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent", metavar="MODULE:FUNCTION", help="the agent to serve (default: the demo agent)")
     serve.add_argument("--path", help="the path to serve at (default: /)")
     serve.add_argument("--shutdown-grace", type=float, metavar="S", help="time running turns get to finish on SIGINT/SIGTERM (default: 10)")
+    serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
+    serve.add_argument("--store", metavar="PATH", help="transcript store: a SQLite file, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
+    serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
+
+    sessions = sub.add_parser("sessions", help="read stored transcripts")
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    listing = sessions_sub.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    show = sessions_sub.add_parser("show", help="print one run's transcript")
+    show.add_argument("run_id", metavar="RUN_ID")
+    for p in (listing, show):
+        p.add_argument("--store", metavar="PATH", help="the SQLite file (default: as for serve)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_sessions_list)
+    show.set_defaults(run=_sessions_show)
 
     chat = sub.add_parser("chat", help="talk to a chat gateway from the terminal")
     chat.add_argument("url", help="the gateway's ws:// or wss:// URL")
@@ -74,6 +92,7 @@ def _gateway_spec(args: argparse.Namespace) -> GatewaySpec:
         "max_messages": args.max_messages,
         "agent": args.agent,
         "path": args.path,
+        "resume_grace": args.resume_grace,
     }
     given = {k: v for k, v in connector_flags.items() if v is not None}
     if args.config:
@@ -85,7 +104,13 @@ def _gateway_spec(args: argparse.Namespace) -> GatewaySpec:
         if "secret" not in given and SECRET_ENV in os.environ and not args.no_auth:
             given["secret"] = os.environ[SECRET_ENV]
         spec = GatewaySpec(connectors=[ConnectorSpec(**given)])
-    server_flags = {"host": args.host, "port": args.port, "shutdown_grace": args.shutdown_grace}
+    server_flags = {
+        "host": args.host,
+        "port": args.port,
+        "shutdown_grace": args.shutdown_grace,
+        "store": args.store,
+        "retention_days": args.retention_days,
+    }
     return attrs.evolve(spec, **{k: v for k, v in server_flags.items() if v is not None})
 
 
@@ -96,13 +121,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(setup: GatewaySetup) -> None:
-    gateway = ChatGateway(setup.connectors, setup.server, setup.session)
+    store: SqliteStore | MemoryStore | None = None
+    if setup.store == "memory":
+        store = MemoryStore()
+    elif setup.store is not None:
+        store = SqliteStore(setup.store)
+    try:
+        await _serve_gateway(setup, store)
+    finally:
+        if isinstance(store, SqliteStore):
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _serve_gateway(setup: GatewaySetup, store: SqliteStore | MemoryStore | None) -> None:
+    gateway = ChatGateway(setup.connectors, setup.server, setup.session, store=store, retention_s=setup.retention_s)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
             for path, secret in setup.generated_secrets.items():
                 print(f"antiphon: generated secret for {path}: {secret}", flush=True)
             paths = " ".join(sorted(gateway.connectors))
+            where = setup.store if setup.store is not None else "nowhere"
+            logging.getLogger("antiphon").info("transcripts: %s", where)
             print(f"antiphon: chat gateway listening on {gateway.url} (paths: {paths})", flush=True)
             async for signum in signals:
                 logging.getLogger("antiphon").info(
@@ -120,6 +161,31 @@ async def _stop_on_second_signal(signals: trio.abc.ReceiveChannel[int], scope: t
     async for _ in signals:
         scope.cancel()
         return
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _store_file(args: argparse.Namespace) -> Path:
+    location = store_location(args.store)
+    if not isinstance(location, Path):
+        raise AntiphonError(f"--store {args.store}: only a SQLite file keeps transcripts to read")
+    return location
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    runs = read_runs(_store_file(args), args.limit)
+    print(runs_json(runs) if args.json else runs_table(runs))
+    return 0
+
+
+def _sessions_show(args: argparse.Namespace) -> int:
+    found = read_run(_store_file(args), args.run_id)
+    if found is None:
+        print(f"antiphon: no run {args.run_id!r} in the store", file=sys.stderr)
+        return 1
+    print(transcript_json(*found) if args.json else transcript_text(*found), end="" if not args.json else "\n")
+    return 0
 
 
 # --------------------------------------------------------------------------- chat

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from antiphon.chat import ChatGateway, ChatSettings, Connector
+from antiphon.chat.store import TranscriptStore
 from antiphon.engine import SessionConfig
 from antiphon.server import ServerConfig
 from tests.helpers import RawClient
@@ -32,9 +33,10 @@ async def memory_gateway(
     *,
     stream_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]] = trio.testing.memory_stream_pair,
     answer_pings: bool = True,
+    store: TranscriptStore | None = None,
 ) -> AsyncIterator[tuple[ChatGateway, RawClient]]:
-    """A gateway serving one raw client over an in-memory stream pair."""
-    gateway = ChatGateway(conn or connector(), ServerConfig(port=0), session)
+    """A gateway serving one raw client over an in-memory stream pair (more with `connect_raw`)."""
+    gateway = ChatGateway(conn or connector(), ServerConfig(port=0), session, store=store)
     client_stream, server_stream = stream_pair()
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(gateway.run, listen=False))
@@ -43,16 +45,24 @@ async def memory_gateway(
         nursery.cancel_scope.cancel()
 
 
+def connect_raw(gateway: ChatGateway, nursery: trio.Nursery, *, answer_pings: bool = True) -> RawClient:
+    """Another raw client of a memory gateway, over a fresh memory stream pair."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(gateway.serve_stream, server_stream)
+    return RawClient(client_stream, answer_pings=answer_pings)
+
+
 @asynccontextmanager
 async def tcp_gateway(
     conns: Connector | list[Connector] | None = None,
     server: ServerConfig | None = None,
     session: SessionConfig | None = None,
+    store: TranscriptStore | None = None,
 ) -> AsyncIterator[ChatGateway]:
     """A gateway on 127.0.0.1, port 0."""
     async with trio.open_nursery() as nursery:
         gateway = await nursery.start(
-            ChatGateway(conns or connector(), server or ServerConfig(port=0), session).run
+            ChatGateway(conns or connector(), server or ServerConfig(port=0), session, store=store).run
         )
         yield gateway
         nursery.cancel_scope.cancel()

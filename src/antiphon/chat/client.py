@@ -1,4 +1,4 @@
-"""A Trio client for the chat protocol, itself a session on the engine.
+"""A Trio client for the chat protocol that survives dropped connections.
 
 ::
 
@@ -9,6 +9,14 @@
         await chat.send("Tell me more")
         async for event in chat:          # every event, as it arrives
             ...
+
+Each connection is a session on the engine. When one drops without a proper close
+(no close frame, a dead server, 1011-1014), the client reconnects with backoff,
+authenticates, sends ``resume`` with the last ``seq`` it received, and the gateway
+replays what was missed. Events reach the application exactly once and in order:
+numbered events are de-duplicated by ``seq``; messages whose ack never arrived are sent
+again, and the gateway's idempotent ids make that safe. A ``resumed`` event tells the
+application a reconnect happened (``complete`` is False if some events were lost).
 """
 
 from __future__ import annotations
@@ -18,82 +26,152 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
 import trio
 from attrs import frozen
 
+from antiphon._util import open_nursery_unwrapped
 from antiphon.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
 from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
-from antiphon.errors import ChatError, ConnectionClosed, DecodeError, LocalProtocolError, OperationTimeout
+from antiphon.errors import (
+    ChatError,
+    ConnectionClosed,
+    DecodeError,
+    HandshakeError,
+    HandshakeRejected,
+    LocalProtocolError,
+    OperationTimeout,
+)
 from antiphon.proto.chat import (
+    Ack,
     Auth,
+    Cancel,
     Connected,
+    ErrorCode,
     ErrorEvent,
     MessageId,
     Ping,
     Response,
+    Resume,
+    Resumed,
     ServerEvent,
     StreamChunk,
     StreamEnd,
     TokenUsage,
     UserMessage,
-    decode_server_event,
+    decode_server_frame,
     encode_client_message,
 )
 
-__all__ = ["ChatClient", "Reply", "open_chat"]
+__all__ = ["ChatClient", "ReconnectPolicy", "Reply", "open_chat"]
 
 log = logging.getLogger("antiphon.chat.client")
 
-EVENT_BUFFER_SIZE = 1024
+EVENT_BUFFER_SIZE: Final = 1024
 """Events held for the application before the client stops reading (TCP then slows the server)."""
+
+RECONNECT_CODES: Final = frozenset({1006, 1011, 1012, 1013, 1014})
+"""Close codes after which the client reconnects and resumes: the connection was lost, not ended."""
+
+
+@frozen(kw_only=True)
+class ReconnectPolicy:
+    """How the client retries after a dropped connection: ``max_attempts`` tries, delays growing by ``factor``.
+
+    The delays carry no jitter, so tests can pin them; runs are per client, so a
+    thundering herd only follows a server restart, after which no run is resumable anyway.
+    """
+
+    max_attempts: int = 5
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """The wait before try number ``attempt`` (1-based)."""
+        return min(self.max_delay_s, self.initial_delay_s * self.factor ** (attempt - 1))
+
+
+NO_RECONNECT: Final = ReconnectPolicy(max_attempts=0)
 
 
 @frozen(kw_only=True)
 class Reply:
-    """A finished turn: the whole text and its token usage."""
+    """A finished turn: the whole text, its token usage and how it ended."""
 
     id: MessageId
     agent: str
     text: str
     token_usage: TokenUsage
+    status: str = "completed"
 
 
-class _ClientHandler(SessionHandler):
-    def __init__(self, events: trio.MemorySendChannel[ServerEvent]) -> None:
-        self.events = events
+class _Connection(SessionHandler):
+    """One connection's handler: handshake events to the supervisor, the rest to the application."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.handshake_in, self.handshake_out = trio.open_memory_channel[ServerEvent](16)
+        self.handshaking = True
 
     async def on_message(self, session: Session, message: str | bytes) -> None:
         try:
-            event = decode_server_event(message)
+            event, seq = decode_server_frame(message)
         except DecodeError as exc:
             log.warning("skipping an event that does not decode: %s", exc)
             return
-        await self.events.send(event)
+        if self.handshaking and isinstance(event, (Connected, Resumed, ErrorEvent)):
+            if isinstance(event, Resumed):
+                self.handshaking = False
+            await self.handshake_in.send(event)
+            return
+        await self.client._deliver(event, seq)
 
     def on_close(self, session: Session) -> None:
-        self.events.close()
+        self.handshake_in.close()
 
 
 class ChatClient:
-    """A connected, authenticated chat session; made by :func:`open_chat`."""
+    """A chat conversation over one or more connections; made by :func:`open_chat`."""
 
-    def __init__(self, session: Session, events: trio.MemoryReceiveChannel[ServerEvent]) -> None:
-        self._session = session
-        self._events = events
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | None,
+        auth: Literal["message", "header", "query"],
+        connect_timeout_s: float,
+        session_config: SessionConfig | None,
+        reconnect: ReconnectPolicy,
+    ) -> None:
+        self._url, self._secret, self._auth = url, secret, auth
+        self._connect_timeout_s = connect_timeout_s
+        self._session_config = session_config
+        self._reconnect = reconnect
+        self._events_in, self._events = trio.open_memory_channel[ServerEvent](EVENT_BUFFER_SIZE)
         self._held: deque[ServerEvent] = deque()
         self._ids = itertools.count(1)
         self._ask_lock = trio.Lock()
+        self._session: Session | None = None
+        self._live = trio.Event()
+        self._closing = False
+        self._unacked: dict[MessageId, str] = {}
+        self._acked: set[MessageId] = set()
         self.connected: Connected | None = None
+        self.last_seq = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
 
     @property
     def session_id(self) -> str:
-        """The ``connector_run_id`` (alias ``session_id``) the gateway assigned."""
+        """The ``connector_run_id`` (alias ``session_id``) of the conversation."""
         if self.connected is None:
             raise LocalProtocolError("not connected yet")
         return self.connected.connector_run_id
+
+    # ------------------------------------------------------------------ sending
 
     async def send(
         self,
@@ -103,28 +181,46 @@ class ChatClient:
         context: Mapping[str, Any] | None = None,
         agent: str | None = None,
     ) -> MessageId:
-        """Send a user message and return its id (one is made up when not given)."""
+        """Send a user message and return its id (one is made up when not given).
+
+        While the client is reconnecting this waits for the new connection; the message
+        is sent again after a resume until its ack arrives.
+        """
         mid = id if id is not None else f"c{next(self._ids)}"
-        await self._send_text(encode_client_message(UserMessage(message, mid, context or {}, agent)))
+        text = encode_client_message(UserMessage(message, mid, context or {}, agent))
+        self._unacked[mid] = text
+        await self._send_text(text)
         return mid
+
+    async def cancel(self, id: MessageId) -> None:
+        """Ask the gateway to stop turn ``id``; it ends with ``status: "cancelled"``."""
+        await self._send_text(encode_client_message(Cancel(id)))
 
     async def ping(self) -> None:
         """Send an application ``ping``; its ``pong`` arrives as an event."""
         await self._send_text(encode_client_message(Ping()))
 
+    async def _send_text(self, text: str) -> None:
+        while True:
+            session = self._session
+            if session is not None and not session.closing and self._live.is_set():
+                await session.send(text)
+                return
+            if self._closing or self.close_code is not None:
+                raise ConnectionClosed(self.close_code or 1006, self.close_reason)
+            await self._live.wait()
+
+    # ------------------------------------------------------------------ receiving
+
     async def receive(self) -> ServerEvent:
         """The next event from the gateway.
 
-        Raises :class:`ConnectionClosed` once the connection is closed and every event
-        that arrived before the close was delivered.
+        Raises :class:`ConnectionClosed` once the conversation is over (closed, or every
+        reconnect attempt failed) and every event that arrived before was delivered.
         """
         if self._held:
             return self._held.popleft()
-        try:
-            return await self._events.receive()
-        except trio.EndOfChannel:
-            s = self._session
-            raise ConnectionClosed(s.close_code or 1006, s.close_reason) from None
+        return await self._next_event()
 
     def __aiter__(self) -> AsyncIterator[ServerEvent]:
         return self._iterate()
@@ -139,8 +235,8 @@ class ChatClient:
     async def ask(self, message: str, **kwargs: Any) -> Reply:
         """Send ``message`` and wait for its whole reply (streamed or not).
 
-        Raises :class:`ChatError` when the gateway answers the turn with an ``error``
-        event, :class:`ConnectionClosed` when the connection ends first. Events of
+        Raises :class:`ChatError` when the gateway refuses the message or the agent
+        fails, :class:`ConnectionClosed` when the conversation ends first. Events of
         other turns that arrive meanwhile stay available to :meth:`receive`.
         """
         async with self._ask_lock:
@@ -163,41 +259,152 @@ class ChatClient:
     async def _turn_events(self, mid: MessageId) -> AsyncIterator[ServerEvent]:
         # Yields the events of turn `mid` up to its last one; sets aside the others.
         others: list[ServerEvent] = []
+        failure: ErrorEvent | None = None
         try:
             while True:
-                try:
-                    event = await self._events.receive()
-                except trio.EndOfChannel:
-                    s = self._session
-                    raise ConnectionClosed(s.close_code or 1006, s.close_reason) from None
+                event = await self._next_event()
                 if getattr(event, "id", None) != mid:
                     others.append(event)
                     continue
                 if isinstance(event, ErrorEvent):
-                    raise ChatError(event.code, event.message, event.id)
+                    if event.code != ErrorCode.AGENT_ERROR:
+                        raise ChatError(event.code, event.message, event.id)
+                    failure = event  # the turn's own end follows
+                    continue
+                if isinstance(event, (StreamEnd, Response)) and failure is not None:
+                    raise ChatError(failure.code, failure.message, failure.id)
                 yield event
                 if isinstance(event, (StreamEnd, Response)):
                     return
         finally:
             self._held.extend(others)
 
-    async def _send_text(self, text: str) -> None:
-        if self._session.closing:
-            s = self._session
-            raise ConnectionClosed(s.close_code or 1006, s.close_reason)
-        await self._session.send(text)
+    async def _next_event(self) -> ServerEvent:
+        try:
+            return await self._events.receive()
+        except trio.EndOfChannel:
+            raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
+
+    async def _deliver(self, event: ServerEvent, seq: int | None) -> None:
+        # Exactly once: numbered events by seq, re-acks (unnumbered) by id.
+        if seq is not None:
+            if seq <= self.last_seq:
+                return
+            self.last_seq = seq
+        if isinstance(event, Ack):
+            if event.id in self._acked:
+                return
+            self._acked.add(event.id)
+            self._unacked.pop(event.id, None)
+        await self._events_in.send(event)
+
+    # ------------------------------------------------------------------ connections
 
     async def aclose(self) -> None:
-        """Close the connection normally (1000) and wait until it is closed."""
-        self._session.close(CLOSE_NORMAL, "client closed")
-        await self._session.done.wait()
+        """End the conversation: close the connection normally (1000)."""
+        self._closing = True
+        session = self._session
+        if session is not None:
+            session.close(CLOSE_NORMAL, "client closed")
+            await session.done.wait()
+        self._live.set()  # wake senders waiting for a reconnect; they see _closing
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        attempt = 0
+        started = False
+        try:
+            while True:
+                session: Session | None = None
+                try:
+                    session = await self._connect_once(started, task_status)
+                    started, attempt = True, 0
+                except (HandshakeError, OperationTimeout, ConnectionClosed) as exc:
+                    if not started or isinstance(exc, HandshakeRejected):
+                        raise
+                    log.info("reconnect attempt %d failed: %s", attempt, exc)
+                if self._closing:
+                    return
+                if session is not None and session.close_code not in RECONNECT_CODES:
+                    self.close_code, self.close_reason = session.close_code, session.close_reason
+                    return
+                attempt += 1
+                if attempt > self._reconnect.max_attempts:
+                    if session is not None:
+                        self.close_code, self.close_reason = session.close_code, session.close_reason
+                    return
+                await trio.sleep(self._reconnect.delay(attempt))
+        finally:
+            self._live.set()
+            self._events_in.close()
+
+    async def _connect_once(self, resuming: bool, task_status: trio.TaskStatus[None]) -> Session:
+        url, headers = self._url, []
+        if self._secret is not None and self._auth == "header":
+            headers.append(("X-Connic-Secret", self._secret))
+        elif self._secret is not None and self._auth == "query":
+            url += ("&" if "?" in url else "?") + urlencode({"secret": self._secret})
+        async with open_client_websocket(url, headers=headers, timeout_s=self._connect_timeout_s) as (nursery, ws):
+            session = Session(ws, self._session_config)
+            handler = _Connection(self)
+            nursery.start_soon(session.run, handler)
+            try:
+                await self._handshake(session, handler, resuming)
+                self._session = session
+                self._live.set()
+                if not resuming:
+                    task_status.started()
+                await session.done.wait()
+            finally:
+                self._live = trio.Event() if not self._closing else self._live
+                with trio.CancelScope(shield=True):
+                    session.close(CLOSE_NORMAL, "client closed")
+                    await session.done.wait()
+            return session
+
+    async def _handshake(self, session: Session, handler: _Connection, resuming: bool) -> None:
+        try:
+            with trio.fail_after(self._connect_timeout_s):
+                if self._secret is not None and self._auth == "message":
+                    await session.send(encode_client_message(Auth(self._secret)))
+                first = await self._handshake_event(handler, session)
+                if not isinstance(first, Connected):
+                    raise LocalProtocolError(f"expected a connected event first, got {first.type!r}")
+                if not resuming:
+                    self.connected = first
+                    handler.handshaking = False
+                    return
+                await session.send(encode_client_message(Resume(self.session_id, self.last_seq)))
+                answer = await self._handshake_event(handler, session)
+        except trio.TooSlowError:
+            raise OperationTimeout(f"no connected event within {self._connect_timeout_s:g} s") from None
+        if isinstance(answer, ErrorEvent):
+            # The run is gone (expired, or the server restarted): the conversation is over.
+            await self._events_in.send(answer)
+            self._closing = True
+            session.close(CLOSE_NORMAL, "run not resumable")
+            raise ConnectionClosed(1000, "run not resumable")
+        assert isinstance(answer, Resumed)
+        await self._events_in.send(answer)
+        for text in list(self._unacked.values()):
+            await session.send(text)
+
+    async def _handshake_event(self, handler: _Connection, session: Session) -> ServerEvent:
+        try:
+            event = await handler.handshake_out.receive()
+        except trio.EndOfChannel:
+            raise ConnectionClosed(session.close_code or 1006, session.close_reason) from None
+        if isinstance(event, ErrorEvent):
+            if handler.handshaking and event.code == ErrorCode.UNKNOWN_RUN:
+                return event
+            raise ChatError(event.code, event.message, event.id)
+        return event
 
 
 def _reply(event: ServerEvent | None) -> Reply:
     if isinstance(event, StreamEnd):
-        return Reply(id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage)
+        return Reply(id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage, status=event.status)
     assert isinstance(event, Response)
-    return Reply(id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage)
+    return Reply(id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage, status=event.status)
 
 
 @asynccontextmanager
@@ -208,39 +415,31 @@ async def open_chat(
     auth: Literal["message", "header", "query"] = "message",
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     session_config: SessionConfig | None = None,
+    reconnect: ReconnectPolicy | None = None,
 ) -> AsyncIterator[ChatClient]:
     """Connect to a chat gateway, authenticate, and yield a :class:`ChatClient`.
 
     ``auth`` says how the secret travels: as the first message (the protocol's default),
     as the ``X-Connic-Secret`` header, or as the ``secret`` query parameter.
+    ``reconnect`` governs resuming after a dropped connection (default
+    :class:`ReconnectPolicy`; ``ReconnectPolicy(max_attempts=0)`` turns it off).
     Raises :class:`~antiphon.errors.HandshakeRejected` (e.g. 401 for a wrong secret in
     header or query), :class:`ChatError` (the gateway refused the first-message secret),
     :class:`ConnectionClosed` and :class:`OperationTimeout`. The connection is closed
     with 1000 when the block exits.
     """
-    headers: list[tuple[str, str]] = []
-    if secret is not None and auth == "header":
-        headers.append(("X-Connic-Secret", secret))
-    elif secret is not None and auth == "query":
-        url += ("&" if "?" in url else "?") + urlencode({"secret": secret})
-    send_events, receive_events = trio.open_memory_channel[ServerEvent](EVENT_BUFFER_SIZE)
-    async with open_client_websocket(url, headers=headers, timeout_s=connect_timeout_s) as (nursery, ws):
-        session = Session(ws, session_config)
-        client = ChatClient(session, receive_events)
-        nursery.start_soon(session.run, _ClientHandler(send_events))
+    client = ChatClient(
+        url,
+        secret=secret,
+        auth=auth,
+        connect_timeout_s=connect_timeout_s,
+        session_config=session_config,
+        reconnect=reconnect or ReconnectPolicy(),
+    )
+    async with open_nursery_unwrapped() as nursery:
+        await nursery.start(client._supervise)
         try:
-            if secret is not None and auth == "message":
-                await session.send(encode_client_message(Auth(secret)))
-            with trio.fail_after(connect_timeout_s):
-                first = await client.receive()
-            if isinstance(first, ErrorEvent):
-                raise ChatError(first.code, first.message, first.id)
-            if not isinstance(first, Connected):
-                raise LocalProtocolError(f"expected a connected event first, got {first.type!r}")
-            client.connected = first
             yield client
-        except trio.TooSlowError:
-            raise OperationTimeout(f"no connected event within {connect_timeout_s:g} s") from None
         finally:
             with trio.CancelScope(shield=True):
                 await client.aclose()

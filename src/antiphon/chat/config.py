@@ -9,6 +9,8 @@
     ping_interval = 20
     ping_timeout = 20
     max_message_size = 1048576
+    store = "~/.local/state/antiphon/transcripts.db"   # or "memory", or "none"
+    retention_days = 30         # transcripts idle longer are deleted; 0 keeps them forever
 
     [[connectors]]
     path = "/support"
@@ -17,6 +19,7 @@
     streaming = true
     session_timeout = 3600
     max_messages = 100
+    resume_grace = 60           # seconds a dropped run keeps going, waiting for a resume
 
 A file without ``[[connectors]]`` mounts one connector at ``/`` with the demo agent.
 """
@@ -27,18 +30,20 @@ import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 from attrs import field, frozen
 
 from antiphon.chat.agents import DEMO_AGENT_SPEC, Agent, load_agent
 from antiphon.chat.gateway import Connector
+from antiphon.chat.store import default_store_path
 from antiphon.engine import SessionConfig
 from antiphon.errors import ConfigError, DecodeError
 from antiphon.proto._codec import make_converter, structure
 from antiphon.proto.chat_session import ChatSettings
 from antiphon.server import ServerConfig
 
-__all__ = ["ConnectorSpec", "GatewaySpec", "GatewaySetup", "build", "load_file"]
+__all__ = ["ConnectorSpec", "GatewaySetup", "GatewaySpec", "build", "load_file", "store_location"]
 
 SECRET_BYTES = 24
 """A generated secret carries 24 random bytes (32 URL-safe characters)."""
@@ -57,6 +62,7 @@ class ConnectorSpec:
     max_messages: int = 100
     auth_timeout: float = 10.0
     max_queued_turns: int = 16
+    resume_grace: float = 60.0
     agent: str | None = None
     agents: dict[str, str] | None = None
 
@@ -72,6 +78,8 @@ class GatewaySpec:
     max_message_size: int = 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    store: str | None = None
+    retention_days: float = 30.0
     connectors: list[ConnectorSpec] = field(factory=lambda: [ConnectorSpec()])
 
 
@@ -84,6 +92,9 @@ class GatewaySetup:
     connectors: list[Connector]
     generated_secrets: dict[str, str]
     """Secrets made up for connectors that had none, by path: print them for the operator."""
+    store: Path | Literal["memory"] | None
+    """Where transcripts go: a SQLite file, ``"memory"``, or None for nowhere."""
+    retention_s: float | None
 
 
 _converter = make_converter()
@@ -150,8 +161,23 @@ def build(
                 max_messages=c.max_messages,
                 auth_timeout_s=c.auth_timeout,
                 max_queued_turns=c.max_queued_turns,
+                resume_grace_s=c.resume_grace,
             )
             connectors.append(Connector(settings=settings, agents=agents, path=c.path))
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
-    return GatewaySetup(server, session, connectors, generated)
+    if spec.retention_days < 0:
+        raise ConfigError(f"retention_days: must not be negative, got {spec.retention_days:g}")
+    retention = spec.retention_days * 86_400 if spec.retention_days else None
+    return GatewaySetup(server, session, connectors, generated, store_location(spec.store), retention)
+
+
+def store_location(value: str | None) -> Path | Literal["memory"] | None:
+    """Where ``store = ...`` (or ``--store``) points: None means the default file."""
+    if value is None:
+        return default_store_path()
+    if value in ("none", ""):
+        return None
+    if value == "memory":
+        return "memory"
+    return Path(value).expanduser()
