@@ -122,6 +122,7 @@ class SessionServer:
         self.sessions: set[Session] = set()
         self._connections = 0
         self._listeners: list[trio.SocketListener] = []
+        self._address: tuple[str, int] | None = None
         self._listener_scope: trio.CancelScope | None = None
         self._handler_scope: trio.CancelScope | None = None
         self._idle = trio.Event()
@@ -135,16 +136,16 @@ class SessionServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        if not self._listeners:
+        """The bound port (useful with port 0); still known after shutdown."""
+        if self._address is None:
             raise RuntimeError("the server is not listening")
-        return int(self._listeners[0].socket.getsockname()[1])
+        return int(self._address[1])
 
     @property
     def host(self) -> str:
-        if not self._listeners:
+        if self._address is None:
             raise RuntimeError("the server is not listening")
-        return str(self._listeners[0].socket.getsockname()[0])
+        return str(self._address[0])
 
     @property
     def url(self) -> str:
@@ -176,6 +177,7 @@ class SessionServer:
                     self._listener_scope = listening.cancel_scope
                     if listen:
                         self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+                        self._address = self._listeners[0].socket.getsockname()[:2]
                         for listener in self._listeners:
                             listening.start_soon(self._accept_loop, listener, handlers)
                     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -17,7 +16,8 @@ import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from antiphon.chat import AgentReply, ChatSettings, Connector, Turn, open_chat
-from antiphon.errors import ChatError, HandshakeRejected
+from antiphon.errors import ChatError, HandshakeError, HandshakeRejected
+from antiphon.errors import ConnectionClosed as AntiphonConnectionClosed
 from antiphon.proto.chat import TokenUsage
 from antiphon.server import ServerConfig
 from tests.chat.conftest import SECRET, connector, tcp_gateway
@@ -357,9 +357,9 @@ async def test_graceful_shutdown_over_tcp_closes_with_1001() -> None:
         await gateway.shutdown()
         event = await chat.receive()
         assert getattr(event, "code", None) == "server_shutdown"
-        with pytest.raises(Exception):
+        with pytest.raises(AntiphonConnectionClosed) as info:
             await chat.receive()
-        assert chat._session.close_code == 1001
-        with pytest.raises(HandshakeRejected if False else Exception):
+        assert info.value.code == 1001
+        with pytest.raises(HandshakeError):
             async with open_chat(gateway.url, secret=SECRET):
                 pass  # pragma: no cover

@@ -15,12 +15,13 @@ from antiphon.proto.chat import (
     ErrorEvent,
     Pong,
     Response,
+    Resumed,
     StreamChunk,
     StreamEnd,
     StreamStart,
     TokenUsage,
+    TurnStatus,
 )
-from antiphon.proto.chat import Resumed, TurnStatus
 from antiphon.proto.chat_run import ChatRun
 from antiphon.proto.chat_session import (
     Accept,
@@ -410,7 +411,7 @@ def test_seq_counts_emitted_events_and_replay_returns_what_follows() -> None:
 def test_replay_is_incomplete_once_the_log_dropped_events() -> None:
     """Past replay_max_bytes the oldest events are dropped, and replay says it is not complete."""
     run = ChatRun("r", replay_max_bytes=1000)
-    for i in range(50):
+    for _i in range(50):
         run.emit(StreamChunk(id="t", agent="a", chunk="x" * 40))
     replay, complete = run.replay_after(0)
     assert not complete and replay[0][0] > 1 and replay[-1][0] == 50

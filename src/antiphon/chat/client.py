@@ -242,8 +242,8 @@ class ChatClient:
         async with self._ask_lock:
             mid = await self.send(message, **kwargs)
             last: ServerEvent | None = None
-            async for last in self._turn_events(mid):
-                pass
+            async for event in self._turn_events(mid):
+                last = event
             return _reply(last)
 
     async def stream(self, message: str, **kwargs: Any) -> AsyncIterator[str]:

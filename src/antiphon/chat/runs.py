@@ -81,6 +81,7 @@ class LiveRun:
         self.claimant: RunHolder | None = None
         self.ended = False
         self._scope = trio.CancelScope()
+        self._started = False
         self._ingest_in, self._ingest_out = trio.open_memory_channel[TurnRequest](float("inf"))
         self._turns_in, self._turns_out = trio.open_memory_channel[TurnRequest](float("inf"))
         self._current: tuple[TurnRequest, trio.CancelScope] | None = None
@@ -91,6 +92,13 @@ class LiveRun:
         return self.state.run_id
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _ensure_started(self) -> None:
+        # The tasks start with the first accepted message: an idle connection costs
+        # no run tasks at all (ten thousand idle sessions are the benchmark's case).
+        if not self._started:
+            self._started = True
+            self.registry.nursery.start_soon(self.main)
 
     async def main(self) -> None:
         """The run's tasks; returns when the run ends."""
@@ -106,7 +114,10 @@ class LiveRun:
     def end(self) -> None:
         """End the run now: its running turn is cancelled and stored as such."""
         self.ended = True
-        self._scope.cancel()
+        if self._started:
+            self._scope.cancel()
+        else:
+            self.registry._forget(self)
 
     def claim(self, holder: RunHolder) -> None:
         """A resume begins: the run stops sending live and will be attached once replay caught up.
@@ -172,6 +183,7 @@ class LiveRun:
 
     def accept(self, request: TurnRequest) -> None:
         """An accepted message: ack and queue it (after storing it, when there is a store)."""
+        self._ensure_started()
         if self.store is None:
             self._acknowledge(request)
         else:
@@ -297,7 +309,6 @@ class RunRegistry:
     def create(self, path: str, settings: ChatSettings, agents: Mapping[str, Agent]) -> LiveRun:
         run = LiveRun(self, path, settings, agents, self.store)
         self.runs[run.run_id] = run
-        self.nursery.start_soon(run.main)
         return run
 
     def find(self, run_id: str, path: str) -> LiveRun | None:

@@ -56,6 +56,7 @@ from antiphon.proto.chat import (
     Resume,
     Resumed,
     ServerEvent,
+    UserMessage,
     decode_client_message,
 )
 from antiphon.proto.chat_run import (
@@ -84,7 +85,6 @@ __all__ = [
     "TurnRequest",
     "check_handshake_secret",
     "estimate_tokens",
-    "request_path",
 ]
 
 MAX_MESSAGES_RANGE: Final = (1, 10_000)
@@ -307,12 +307,11 @@ class ChatSession:
             return []
         return [ResumeRun(msg.connector_run_id, msg.last_seq)]
 
-    def _accept(self, msg: object) -> list[Action]:
-        assert not isinstance(msg, (Auth, Ping, Resume, Cancel))
+    def _accept(self, msg: UserMessage) -> list[Action]:
         if self._drain is not None:
             code = ErrorCode.MESSAGE_LIMIT if self._drain.code is CloseCode.MESSAGE_LIMIT else ErrorCode.SERVER_SHUTDOWN
-            return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]  # type: ignore[attr-defined]
-        result = self.run.accept(msg)  # type: ignore[arg-type]
+            return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]
+        result = self.run.accept(msg)
         if isinstance(result, TurnRequest):
             return [Accept(result)]
         if isinstance(result, Ack):
@@ -394,9 +393,4 @@ def _offered_secrets(headers: Iterable[tuple[bytes, bytes]], target: str) -> Ite
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key in SECRET_QUERY_KEYS:
                 yield value
-
-
-def request_path(target: str) -> str:
-    """The path of a request target, without its query string."""
-    return urlsplit(target).path or "/"
 
