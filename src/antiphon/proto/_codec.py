@@ -9,8 +9,8 @@ messages read ``$.payload.message: expected a string``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import types
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Union
 
 import attrs
