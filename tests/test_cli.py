@@ -119,3 +119,22 @@ def test_help_lists_the_commands() -> None:
     """`antiphon --help` names serve, chat and sessions."""
     out = _run("--help").stdout
     assert "serve" in out and "chat" in out and "sessions" in out
+
+
+async def test_terminal_chat_streams_replies() -> None:
+    """`antiphon chat URL` sends each line of standard input and prints the streamed reply."""
+    import trio
+
+    from tests.chat.conftest import SECRET, tcp_gateway
+
+    async with tcp_gateway() as gateway:
+        result = await trio.run_process(
+            [*ANTIPHON, "chat", gateway.url, "--secret", SECRET],
+            stdin=b"Hello!\n\nAgain\n",
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    out = result.stdout.decode()
+    assert out.startswith("connected: run ")
+    assert "Turn 1. You said: 'Hello!'. This is the first message of our conversation." in out
+    assert "Turn 2. You said: 'Again'. Before that you said: 'Hello!'." in out
