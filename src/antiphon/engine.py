@@ -11,7 +11,9 @@ A session's nursery runs four tasks of its own, plus whatever its face starts:
   look dead to our own heartbeat. Faces must therefore not block in ``on_message``:
   they queue work and return.
 * **send** is the only task that writes messages. Others put text or bytes on a
-  bounded outbound queue. :meth:`Session.send` waits while ``send_queue_size``
+  bounded outbound queue; the send task frames everything queued (up to
+  ``MAX_BATCH_MESSAGES``) and writes it with one ``send_all``, so an ack and its reply
+  queued together cost one write and one lock, not two. :meth:`Session.send` waits while ``send_queue_size``
   messages are queued: backpressure for a producer such as a streaming agent.
   :meth:`Session.send_nowait` never waits, and may use as much again as headroom, so
   the acks and errors the receive task sends still fit while an agent has filled
@@ -24,7 +26,9 @@ A session's nursery runs four tasks of its own, plus whatever its face starts:
   NAT mapping is refreshed well inside the usual 60 s).
 * **timer** is one restartable deadline (an auth timeout, an inactivity timeout) kept
   as a cancel scope whose deadline moves, as hypercorn does: restarting it costs an
-  assignment, not a task.
+  assignment, not a task. A *later* deadline (the inactivity restart on every message)
+  is not even assigned: the scope wakes at the old deadline, sees the new one and
+  sleeps again, which keeps Trio's deadline heap out of the per-message path.
 
 When any of them decides the session is over, the session nursery is cancelled:
 nothing the session started outlives it. A session closed *with flush* first lets
@@ -47,6 +51,8 @@ from typing import Final
 import trio
 import trio_websocket
 from attrs import frozen
+from wsproto.events import BytesMessage, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from antiphon.errors import ConfigError
 
@@ -200,9 +206,13 @@ class Session:
 
     def set_timer(self, seconds: float | None) -> None:
         """Replace the session's single timer with one that fires in ``seconds`` (None: never)."""
-        self._timer_deadline = math.inf if seconds is None else trio.current_time() + seconds
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = self._timer_deadline
+        deadline = math.inf if seconds is None else trio.current_time() + seconds
+        self._timer_deadline = deadline
+        # Only an earlier deadline touches the scope: a later one (the usual inactivity
+        # restart, once per message) is picked up when the old deadline passes.
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, flush: bool = True) -> None:
         """Close the session with ``code``; idempotent, returns at once.
@@ -280,19 +290,35 @@ class Session:
 
     async def _send_task(self) -> None:
         ws, queue = self.ws, self._queue
+        batching = _can_batch(ws)
+        # A batch being written is out of the queue: keep it small next to the queue's
+        # bound, so a stalled peer still pins at most ~1.1x the documented messages.
+        max_batch = min(MAX_BATCH_MESSAGES, max(1, self._soft_limit // 8))
         while True:
             if not queue:
                 await self._queue_ready.park()
                 continue
-            item = queue.popleft()
-            if len(queue) < self._soft_limit and self._queue_room:
-                self._queue_room.unpark()
-            if isinstance(item, _Close):
+            if isinstance(queue[0], _Close):
+                item = queue.popleft()
+                assert isinstance(item, _Close)
                 await self._close_ws(item.code, item.reason)
                 self._cancel()
                 return
+            if len(queue) == 1 and batching:
+                # Let the tasks woken with us queue theirs (a turn's reply right after
+                # its ack): one checkpoint is cheaper than a second write.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            batch: list[str | bytes] = []
+            while queue and len(batch) < max_batch and not isinstance(queue[0], _Close):
+                batch.append(queue.popleft())  # type: ignore[arg-type]
+            if len(queue) < self._soft_limit and self._queue_room:
+                self._queue_room.unpark_all()
             try:
-                await ws.send_message(item)
+                if batching and len(batch) > 1:
+                    await _send_batch(ws, batch)
+                else:
+                    for message in batch:
+                        await ws.send_message(message)
             except trio_websocket.ConnectionClosed as exc:
                 self._peer_closed(exc.reason)
                 return
@@ -322,6 +348,8 @@ class Session:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
+            if trio.current_time() < self._timer_deadline:
+                continue  # the deadline moved later while the scope slept: re-arm, do not fire
             self._timer_deadline = math.inf
             handler.on_timer(self)
 
@@ -344,3 +372,34 @@ class Session:
         # must never be left open without a close frame.
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout_s):
             await self.ws.aclose(code, reason or None)
+
+
+# ---------------------------------------------------------------------- batched writes
+
+MAX_BATCH_MESSAGES: Final = 32
+"""At most this many queued messages go out in one write (and at most send_queue_size / 8)."""
+
+
+def _can_batch(ws: object) -> bool:
+    # trio-websocket has no public "send several messages" call; its send path is
+    # wsproto.send() + one stream write under a lock. Batching uses the same private
+    # attributes (trio-websocket 0.12) and falls back to send_message without them.
+    return all(hasattr(ws, a) for a in ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket"))
+
+
+async def _send_batch(ws: trio_websocket.WebSocketConnection, batch: list[str | bytes]) -> None:
+    """Frame ``batch`` and write it with one ``send_all``, as ``send_message`` would one by one."""
+    if ws._close_reason:
+        raise trio_websocket.ConnectionClosed(ws._close_reason)
+    try:
+        data = b"".join(
+            ws._wsproto.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m)) for m in batch
+        )
+    except LocalProtocolError:  # wsproto is closing (a close frame arrived): no more messages
+        raise trio_websocket.ConnectionClosed(ws._close_reason) from None
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise trio_websocket.ConnectionClosed(ws._close_reason) from None
