@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
     chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
     chat.set_defaults(run=_chat)
+
+    from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
+
+    add_tool_commands(sub)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""``antiphon tools serve`` and ``antiphon tools call``: argument parsing and wiring only.
+
+``antiphon tools serve MODULE:OBJECT`` serves OBJECT - a :class:`ToolApp`, one function, or a
+list / dict of functions - imported from MODULE (the current directory is importable).
+``antiphon tools call URL TOOL --arg k=v`` calls TOOL on the antiphon tool server at URL,
+i.e. at ``URL/tools/TOOL`` (the server's layout, and go-utcp's), with ``response_format``
+``json`` and a connection of its own; it prints the result as JSON (one line per result
+with ``--stream``). An ``--arg`` value is JSON when it parses as JSON (``n=3`` is the
+number 3, ``tags=["a"]`` a list) and a string otherwise (``text=hello``); write
+``name='"3"'`` for the string ``"3"``. Secrets come from ``$ANTIPHON_TOOLS_API_KEY``
+unless ``--api-key`` is given (a flag is visible to other users in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import trio
+
+from antiphon.errors import ConfigError
+from antiphon.proto.utcp import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
+from antiphon.server import ServerConfig
+from antiphon.tools.client import call_tool, call_tool_streaming
+from antiphon.tools.server import MANUAL_PATHS, ToolApp, ToolServer
+
+__all__ = ["add_commands", "build_app", "call_template", "parse_args"]
+
+API_KEY_ENV = "ANTIPHON_TOOLS_API_KEY"
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``tools serve`` and ``tools call`` to the ``antiphon`` command's subparsers."""
+    tools = subparsers.add_parser("tools", help="serve or call UTCP WebSocket tools")
+    sub = tools.add_subparsers(dest="tools_command", required=True)
+
+    serve = sub.add_parser("serve", help="serve Python functions as UTCP WebSocket tools")
+    serve.add_argument("target", metavar="MODULE:OBJECT", help="a ToolApp, a function, or a list/dict of functions")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port to bind; 0 picks a free one (default: 8765)")
+    _auth_flags(serve, "require")
+    serve.add_argument("--public-url", help="base URL the manual's templates point at (e.g. wss://tools.example.com)")
+    serve.add_argument("--subprotocol", action="append", default=[], help="a subprotocol to accept (repeatable)")
+    serve.add_argument("--expose-errors", action="store_true", help="send a failing tool's exception text to clients")
+    serve.set_defaults(run=_serve)
+
+    call = sub.add_parser("call", help="call a tool on an antiphon tool server and print the result")
+    call.add_argument("url", help="the tool server's ws:// or wss:// base URL")
+    call.add_argument("tool", help="the tool's name")
+    call.add_argument("--arg", action="append", default=[], metavar="K=V", help="an argument; V is JSON if it parses")
+    _auth_flags(call, "send")
+    call.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a handshake header")
+    call.add_argument("--protocol", help="the subprotocol to offer")
+    call.add_argument("--timeout", type=float, default=30, metavar="S", help="seconds to wait for the reply (default: 30)")
+    call.add_argument("--stream", action="store_true", help="call a streaming tool; print each result on a line")
+    call.set_defaults(run=_call)
+
+
+def _auth_flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--api-key", help=f"{verb} this API key (default: ${API_KEY_ENV})")
+    parser.add_argument("--api-key-name", default="X-Api-Key", help="header, query or cookie name (default: X-Api-Key)")
+    parser.add_argument("--api-key-location", choices=["header", "query", "cookie"], default="header")
+    parser.add_argument("--basic", metavar="USER:PASSWORD", help=f"{verb} HTTP Basic credentials instead")
+
+
+def _auth(args: argparse.Namespace) -> ApiKeyAuth | BasicAuth | None:
+    if args.basic is not None:
+        user, sep, password = args.basic.partition(":")
+        if not sep:
+            raise ConfigError("--basic: expected USER:PASSWORD")
+        return BasicAuth(username=user, password=password)
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key:
+        return ApiKeyAuth(api_key=key, var_name=args.api_key_name, location=args.api_key_location)
+    return None
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def build_app(target: str, **settings: Any) -> ToolApp:
+    """Import ``MODULE:OBJECT`` and make it a :class:`ToolApp`; ``settings`` override the app's."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"tools serve: expected MODULE:OBJECT, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"tools serve: cannot import {target!r}: {exc}") from None
+    given = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(obj, ToolApp):
+        return attrs.evolve(obj, **given) if given else obj
+    app = ToolApp(**given)
+    functions: Sequence[Callable[..., Any]]
+    if isinstance(obj, Mapping):
+        for name, fn in obj.items():
+            app.add(fn, name=name)
+        return app
+    functions = obj if isinstance(obj, (list, tuple)) else [obj]
+    for fn in functions:
+        if not callable(fn):
+            raise ConfigError(f"tools serve: {target!r} holds {type(fn).__name__}, which is not a function")
+        app.add(fn)
+    return app
+
+
+def _serve(args: argparse.Namespace) -> int:
+    app = build_app(
+        args.target,
+        auth=_auth(args),
+        public_url=args.public_url,
+        subprotocols=tuple(args.subprotocol) or None,
+        expose_errors=args.expose_errors or None,
+    )
+    trio.run(_run_server, app, ServerConfig(host=args.host, port=args.port))
+    return 0
+
+
+async def _run_server(app: ToolApp, config: ServerConfig) -> None:
+    server = ToolServer(app, config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            names = ", ".join(sorted(app.tools)) or "(none)"
+            print(f"antiphon: tool server listening on {server.url} (manual at {MANUAL_PATHS[1]}; tools: {names})", flush=True)
+            async for signum in signals:
+                logging.getLogger("antiphon").info("%s: shutting down", signal.Signals(signum).name)
+                break
+            await server.shutdown()
+            nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- call
+
+
+def parse_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` as arguments: each value is JSON if it parses, else the string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--arg: expected K=V, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def call_template(args: argparse.Namespace) -> WebSocketCallTemplate:
+    """The call template ``tools call`` uses: ``URL/tools/TOOL``, JSON replies, no pooling."""
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--header: expected NAME:VALUE, got {item!r}")
+        headers[name.strip()] = value.strip()
+    base = args.url.rstrip("/")
+    return WebSocketCallTemplate(
+        name=args.tool,
+        url=f"{base}/tools/{quote(args.tool, safe='')}",
+        protocol=args.protocol,
+        keep_alive=False,
+        response_format="json",
+        timeout=args.timeout,
+        headers=headers or None,
+        auth=_auth(args),
+    )
+
+
+def _call(args: argparse.Namespace) -> int:
+    template = call_template(args)
+    arguments = parse_args(args.arg)
+    trio.run(_run_call, template, arguments, args.stream)
+    return 0
+
+
+async def _run_call(template: WebSocketCallTemplate, arguments: dict[str, Any], stream: bool) -> None:
+    if stream:
+        async with call_tool_streaming(template, arguments) as results:
+            async for item in results:
+                print(json.dumps(item, ensure_ascii=False), flush=True)
+        return
+    result = await call_tool(template, arguments)
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+
