@@ -13,9 +13,10 @@ three rules, all enforced here:
    drops frames that arrive while no call is in flight. A call reads only frames of its
    own generation, so leftovers of an earlier call are never read as its reply.
 3. **A call that did not finish cleanly burns its connection.** A timeout, a
-   cancellation, a stream the caller left early, a reply that did not parse as its
-   format: the connection is closed and removed from the pool, because the reply still
-   on its way would otherwise be read by the next call. (This is the bug utcp-websocket
+   cancellation, a stream the caller left early: the connection is closed and removed
+   from the pool, because the reply still on its way would otherwise be read by the
+   next call. A call that got its whole reply keeps the connection even when that reply
+   is a ``tool_error`` or does not parse as its format: nothing of it is left unread. (This is the bug utcp-websocket
    1.2.1 has: its timed-out socket stays pooled and call *n+1* returns call *n*'s reply.)
 
 The pool key is the whole :class:`~antiphon.proto.utcp_message.Handshake` (URL as dialled,
