@@ -106,7 +106,6 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
 VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "antiphon+sqlite": (CHAT, _antiphon(store="sqlite")),
     "antiphon+gc": (CHAT, _antiphon("--gc")),
-    "antiphon+gc+codec": (CHAT, _antiphon("--gc", "--fast-codec")),
 }
 PEER = "ws-asyncio"
 CEILINGS = ("trio-ws-echo", "tcp-echo")
