@@ -18,6 +18,7 @@ from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
 from antiphon.chat.store import MemoryStore, SqliteStore, read_run, read_runs
 from antiphon.errors import AntiphonError
+from antiphon.tuning import tune_gc
 
 __all__ = ["main"]
 
@@ -120,6 +121,7 @@ def _gateway_spec(args: argparse.Namespace) -> GatewaySpec:
 
 def _serve(args: argparse.Namespace) -> int:
     setup = build(_gateway_spec(args), os.environ)
+    tune_gc()
     trio.run(_run_gateway, setup)
     return 0
 

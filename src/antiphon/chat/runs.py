@@ -82,8 +82,10 @@ class LiveRun:
         self.ended = False
         self._scope = trio.CancelScope()
         self._started = False
-        self._ingest_in, self._ingest_out = trio.open_memory_channel[TurnRequest](float("inf"))
-        self._turns_in, self._turns_out = trio.open_memory_channel[TurnRequest](float("inf"))
+        self._ingest_in: trio.MemorySendChannel[TurnRequest]
+        self._ingest_out: trio.MemoryReceiveChannel[TurnRequest]
+        self._turns_in: trio.MemorySendChannel[TurnRequest]
+        self._turns_out: trio.MemoryReceiveChannel[TurnRequest]
         self._current: tuple[TurnRequest, trio.CancelScope] | None = None
         self._reattached = trio.Event()
 
@@ -98,6 +100,9 @@ class LiveRun:
         # no run tasks at all (ten thousand idle sessions are the benchmark's case).
         if not self._started:
             self._started = True
+            # Unbounded: ChatRun already bounds accepted turns (max_queued_turns).
+            self._ingest_in, self._ingest_out = trio.open_memory_channel[TurnRequest](float("inf"))
+            self._turns_in, self._turns_out = trio.open_memory_channel[TurnRequest](float("inf"))
             self.registry.nursery.start_soon(self.main)
 
     async def main(self) -> None:
@@ -171,6 +176,10 @@ class LiveRun:
         session = self.holder.session if self.holder is not None else None
         if session is not None:
             await session.wait_for_room()
+        else:
+            # Detached (waiting for a resume): still a checkpoint, or an agent that never
+            # awaits would stream its whole reply without letting anything else run.
+            await trio.lowlevel.checkpoint()
         self.emit(event)
 
     def notify(self, event: ErrorEvent) -> None:

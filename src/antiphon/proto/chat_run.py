@@ -132,6 +132,7 @@ class ChatRun:
         self.seq = 0
         self._new_message_id = new_message_id
         self._history: deque[HistoryEntry] = deque()
+        self._history_view: tuple[HistoryEntry, ...] | None = ()  # what history() returns, until it changes
         self._history_chars = 0
         self._turns: OrderedDict[MessageId, _Turn] = OrderedDict()
         self._accepted: dict[MessageId, int] = {}
@@ -148,7 +149,9 @@ class ChatRun:
 
     def history(self) -> tuple[HistoryEntry, ...]:
         """The earlier turns, oldest first, within ``history_max_chars``."""
-        return tuple(self._history)
+        if self._history_view is None:
+            self._history_view = tuple(self._history)
+        return self._history_view
 
     def is_pending(self, id: MessageId) -> bool:
         return id in self._turns
@@ -221,7 +224,7 @@ class ChatRun:
         del self._turns[request.id]
         text = "".join(turn.parts)
         if usage is None:
-            prompt = sum(len(h.text) for h in self._history) + len(request.message)
+            prompt = self._history_chars + len(request.message)
             usage = TokenUsage(math.ceil(prompt / CHARS_PER_TOKEN), estimate_tokens(text))
         if status is TurnStatus.COMPLETED:
             self._remember(HistoryEntry("user", request.message))
@@ -269,6 +272,7 @@ class ChatRun:
             raise LocalProtocolError(f"turn {id!r} is not pending") from None
 
     def _remember(self, entry: HistoryEntry) -> None:
+        self._history_view = None
         self._history.append(entry)
         self._history_chars += len(entry.text)
         while self._history_chars > self.history_max_chars and self._history:
