@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -71,7 +72,8 @@ async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
     """
     result = agent(turn)
     if inspect.isasyncgen(result):
-        async with _aclosing(result) as gen:
+        # aclosing: a cancelled turn finalizes the agent's generator in the turn's task.
+        async with aclosing(result) as gen:
             async for chunk in gen:
                 if not isinstance(chunk, str):
                     raise AgentResultError(f"agent yielded {type(chunk).__name__}, expected str")
@@ -87,19 +89,6 @@ async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
     if not isinstance(value, str):
         raise AgentResultError(f"agent returned {type(value).__name__}, expected str or AgentReply")
     yield value
-
-
-class _aclosing:
-    # contextlib.aclosing, typed for async generators, so a cancelled turn finalizes
-    # the agent's generator in the turn's task rather than in the garbage collector.
-    def __init__(self, gen: Any) -> None:
-        self.gen = gen
-
-    async def __aenter__(self) -> Any:
-        return self.gen
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.gen.aclose()
 
 
 async def demo_agent(turn: Turn) -> AsyncIterator[str]:

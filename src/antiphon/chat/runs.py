@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import aclosing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -258,9 +259,12 @@ class LiveRun:
             with trio.CancelScope() as scope:
                 self._current = (request, scope)
                 try:
-                    async for chunk in run_agent(self.agents[request.agent], turn):
-                        for event in state.turn_chunk(request, chunk):
-                            await self.emit_wait(event)
+                    # aclosing: a cancelled turn finalizes the agent's generator here,
+                    # in this task, not later in the garbage collector.
+                    async with aclosing(run_agent(self.agents[request.agent], turn)) as chunks:
+                        async for chunk in chunks:
+                            for event in state.turn_chunk(request, chunk):
+                                await self.emit_wait(event)
                 except Exception as exc:
                     # The traceback is for the server's log; the client gets the kind only,
                     # since exception text can carry anything (keys, prompts, paths).
