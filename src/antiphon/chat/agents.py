@@ -68,19 +68,36 @@ async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
     """Run ``agent`` on ``turn``, yielding its reply as text chunks whatever its kind.
 
     Raises whatever the agent raises, and :class:`AgentResultError` when it yields or
-    returns something other than text.
+    returns something other than text. (The gateway itself uses :func:`start_agent` and
+    :func:`whole_reply`, which spare a coroutine agent the async-generator machinery.)
     """
-    result = agent(turn)
+    result = start_agent(agent, turn)
     if inspect.isasyncgen(result):
         # aclosing: a cancelled turn finalizes the agent's generator in the turn's task.
         async with aclosing(result) as gen:
             async for chunk in gen:
-                if not isinstance(chunk, str):
-                    raise AgentResultError(f"agent yielded {type(chunk).__name__}, expected str")
-                yield chunk
+                yield check_chunk(chunk)
         return
-    if not inspect.isawaitable(result):
+    yield await whole_reply(result, turn)
+
+
+def start_agent(agent: Agent, turn: Turn) -> Any:
+    """Call ``agent``: an async generator of chunks, or an awaitable of the whole reply."""
+    result = agent(turn)
+    if not inspect.isasyncgen(result) and not inspect.isawaitable(result):
         raise AgentResultError(f"agent returned {type(result).__name__}, expected a coroutine or an async generator")
+    return result
+
+
+def check_chunk(chunk: object) -> str:
+    """A streamed chunk, checked to be text."""
+    if not isinstance(chunk, str):
+        raise AgentResultError(f"agent yielded {type(chunk).__name__}, expected str")
+    return chunk
+
+
+async def whole_reply(result: Awaitable[str | AgentReply], turn: Turn) -> str:
+    """Await a non-streaming agent's reply; an :class:`AgentReply`'s usage goes on ``turn``."""
     value = await result
     if isinstance(value, AgentReply):
         if value.token_usage is not None:
@@ -88,7 +105,7 @@ async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
         value = value.text
     if not isinstance(value, str):
         raise AgentResultError(f"agent returned {type(value).__name__}, expected str or AgentReply")
-    yield value
+    return value
 
 
 async def demo_agent(turn: Turn) -> AsyncIterator[str]:

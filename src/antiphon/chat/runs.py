@@ -23,6 +23,7 @@ running turn is cancelled and its partial reply stored with status ``cancelled``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from contextlib import aclosing
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
-from antiphon.chat.agents import Agent, Turn, run_agent
+from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine import Session
 from antiphon.proto.chat import Ack, ErrorCode, ErrorEvent, MessageId, ServerEvent, TurnStatus, encode_event
@@ -259,12 +260,17 @@ class LiveRun:
             with trio.CancelScope() as scope:
                 self._current = (request, scope)
                 try:
-                    # aclosing: a cancelled turn finalizes the agent's generator here,
-                    # in this task, not later in the garbage collector.
-                    async with aclosing(run_agent(self.agents[request.agent], turn)) as chunks:
-                        async for chunk in chunks:
-                            for event in state.turn_chunk(request, chunk):
-                                await self.emit_wait(event)
+                    result = start_agent(self.agents[request.agent], turn)
+                    if inspect.isasyncgen(result):
+                        # aclosing: a cancelled turn finalizes the agent's generator
+                        # here, in this task, not later in the garbage collector.
+                        async with aclosing(result) as chunks:
+                            async for chunk in chunks:
+                                for event in state.turn_chunk(request, check_chunk(chunk)):
+                                    await self.emit_wait(event)
+                    else:
+                        for event in state.turn_chunk(request, await whole_reply(result, turn)):
+                            await self.emit_wait(event)
                 except Exception as exc:
                     # The traceback is for the server's log; the client gets the kind only,
                     # since exception text can carry anything (keys, prompts, paths).
@@ -281,14 +287,14 @@ class LiveRun:
                 events = state.turn_ended(request, status, turn.usage, error)
                 for event in events:
                     self.emit(event)
-                last = events[-1]
-                with trio.CancelScope(shield=True), trio.move_on_after(STORE_TIMEOUT_S):
-                    await self._store_reply(request, last, started_at)
+                if self.store is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(STORE_TIMEOUT_S):
+                        await self._store_reply(self.store, request, events[-1], started_at)
                 self._notify_turn_ended()
 
-    async def _store_reply(self, request: TurnRequest, last: ServerEvent, started_at: float) -> None:
-        if self.store is None:
-            return
+    async def _store_reply(
+        self, store: TranscriptStore, request: TurnRequest, last: ServerEvent, started_at: float
+    ) -> None:
         usage = last.token_usage  # type: ignore[union-attr]
         record = ReplyRecord(
             run_id=self.run_id,
@@ -302,7 +308,7 @@ class LiveRun:
             finished_at=now(),
         )
         try:
-            await self.store.save_reply(record)
+            await store.save_reply(record)
         except Exception:
             log.exception("run %s: storing the reply to %r failed", self.run_id, request.id)
 
