@@ -60,12 +60,9 @@ def _ceiling(module: str) -> Callable[[dict[str, Any]], list[str]]:
     return lambda opts: [PY, "-m", f"benchmarks.targets.{module}"]
 
 
-def _antiphon(*variant: str, store: str = "none") -> Callable[[dict[str, Any]], list[str]]:
+def _antiphon(store: str = "none") -> Callable[[dict[str, Any]], list[str]]:
     def cmd(opts: dict[str, Any]) -> list[str]:
-        config = _antiphon_config(opts, store)
-        if variant:
-            return [PY, "-m", "benchmarks.targets.antiphon_variant", *variant, "serve", "--config", config]
-        return [PY, "-m", "antiphon", "serve", "--config", config]
+        return [PY, "-m", "antiphon", "serve", "--config", _antiphon_config(opts, store)]
 
     return cmd
 
@@ -105,7 +102,6 @@ TARGETS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
 }
 VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "antiphon+sqlite": (CHAT, _antiphon(store="sqlite")),
-    "antiphon+gc": (CHAT, _antiphon("--gc")),
 }
 PEER = "ws-asyncio"
 CEILINGS = ("trio-ws-echo", "tcp-echo")
@@ -429,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full", action="store_true", help="the full suite (median of 3, bigger loads; ~30 min)")
     p.add_argument("--tiny", action="store_true", help="tiny numbers, for the smoke test")
     p.add_argument("--targets", help="comma-separated subset of: " + ", ".join([*TARGETS, *VARIANTS]))
-    p.add_argument("--variants", action="store_true", help="also run antiphon with the proposed changes")
+    p.add_argument("--variants", action="store_true", help="also run antiphon with its default SQLite transcript store")
     p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--reps", type=int, help="repetitions (median kept); default 1 quick, 3 full")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the run's JSON, table and chart go")

@@ -444,3 +444,16 @@ def test_resume_of_an_unknown_run_is_an_error() -> None:
     chat = make(authenticated=True)
     [error] = events(chat.resume_failed("ghost"))
     assert error.code == "unknown_run" and "'run-1'" in error.message
+
+
+def test_a_reply_past_max_reply_chars_is_refused() -> None:
+    """A chunk that would take the reply past max_reply_chars raises ReplyTooLong and is not kept."""
+    from antiphon.proto.chat_run import ReplyTooLong
+
+    run = ChatRun("r", max_reply_chars=10)
+    [req] = turns(ChatSession(ChatSettings(secret=SECRET), run, authenticated=True).receive(msg(id="t")))
+    run.turn_started(req)
+    run.turn_chunk(req, "0123456789")
+    with pytest.raises(ReplyTooLong, match="exceeded 10 characters"):
+        run.turn_chunk(req, "x")
+    assert run.partial_text("t") == "0123456789"

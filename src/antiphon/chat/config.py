@@ -63,6 +63,7 @@ class ConnectorSpec:
     auth_timeout: float = 10.0
     max_queued_turns: int = 16
     resume_grace: float = 60.0
+    max_reply_chars: int = 1_000_000
     agent: str | None = None
     agents: dict[str, str] | None = None
 
@@ -162,6 +163,7 @@ def build(
                 auth_timeout_s=c.auth_timeout,
                 max_queued_turns=c.max_queued_turns,
                 resume_grace_s=c.resume_grace,
+                max_reply_chars=c.max_reply_chars,
             )
             connectors.append(Connector(settings=settings, agents=agents, path=c.path))
         except ConfigError as exc:

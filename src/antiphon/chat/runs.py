@@ -36,7 +36,7 @@ from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_re
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine import Session
 from antiphon.proto.chat import Ack, ErrorCode, ErrorEvent, MessageId, ServerEvent, TurnStatus, encode_event
-from antiphon.proto.chat_run import ChatRun, TurnRequest
+from antiphon.proto.chat_run import ChatRun, ReplyTooLong, TurnRequest
 
 if TYPE_CHECKING:
     from antiphon.proto.chat_session import ChatSettings
@@ -271,6 +271,9 @@ class LiveRun:
                     else:
                         for event in state.turn_chunk(request, await whole_reply(result, turn)):
                             await self.emit_wait(event)
+                except ReplyTooLong as exc:
+                    log.warning("run %s: turn %r cut off: %s", self.run_id, request.id, exc)
+                    status, error = TurnStatus.FAILED, str(exc)
                 except Exception as exc:
                     # The traceback is for the server's log; the client gets the kind only,
                     # since exception text can carry anything (keys, prompts, paths).

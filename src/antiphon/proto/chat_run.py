@@ -52,6 +52,7 @@ __all__ = [
     "ChatRun",
     "HistoryEntry",
     "Refused",
+    "ReplyTooLong",
     "TurnRequest",
     "estimate_tokens",
 ]
@@ -95,11 +96,16 @@ class Refused:
     limit_reached: bool = False
 
 
+class ReplyTooLong(ValueError):
+    """A turn's reply grew past ``max_reply_chars``: the turn must end as failed."""
+
+
 @define
 class _Turn:
     request: TurnRequest
     parts: list[str]
     started: bool = False
+    chars: int = 0
 
 
 def _new_message_id(number: int) -> str:
@@ -119,6 +125,7 @@ class ChatRun:
         max_queued_turns: int = 16,
         history_max_chars: int = 1_000_000,
         replay_max_bytes: int = 1_000_000,
+        max_reply_chars: int = 1_000_000,
         new_message_id: Callable[[int], str] = _new_message_id,
     ) -> None:
         self.run_id = run_id
@@ -128,6 +135,7 @@ class ChatRun:
         self.max_queued_turns = max_queued_turns
         self.history_max_chars = history_max_chars
         self.replay_max_bytes = replay_max_bytes
+        self.max_reply_chars = max_reply_chars
         self.message_count = 0
         self.seq = 0
         self._new_message_id = new_message_id
@@ -205,10 +213,19 @@ class ChatRun:
         return [StreamStart(id=request.id, agent=request.agent)] if self.streaming else []
 
     def turn_chunk(self, request: TurnRequest, chunk: str) -> list[ServerEvent]:
-        """The agent produced ``chunk``: a ``stream_chunk`` when streaming and not empty."""
+        """The agent produced ``chunk``: a ``stream_chunk`` when streaming and not empty.
+
+        Raises :class:`ReplyTooLong` (and keeps nothing of ``chunk``) once the reply would
+        exceed ``max_reply_chars``: a turn holds its whole reply for ``full_response``, so
+        this is what bounds a runaway agent's memory, and the ``stream_end`` frame that
+        carries it stays within common clients' 1 MiB frame limit.
+        """
         turn = self._require(request.id)
         if not chunk:
             return []
+        if turn.chars + len(chunk) > self.max_reply_chars:
+            raise ReplyTooLong(f"the reply exceeded {self.max_reply_chars} characters (max_reply_chars)")
+        turn.chars += len(chunk)
         turn.parts.append(chunk)
         return [StreamChunk(id=request.id, agent=request.agent, chunk=chunk)] if self.streaming else []
 

@@ -108,6 +108,7 @@ class ChatSettings:
     history_max_chars: int = 1_000_000
     resume_grace_s: float = 60.0
     replay_max_bytes: int = 1_000_000
+    max_reply_chars: int = 1_000_000
 
     def __attrs_post_init__(self) -> None:
         if self.require_auth and not self.secret:
@@ -130,6 +131,8 @@ class ChatSettings:
             raise ConfigError(f"resume_grace: must not be negative, got {self.resume_grace_s:g}")
         if self.replay_max_bytes < 0:
             raise ConfigError(f"replay_max_bytes: must not be negative, got {self.replay_max_bytes}")
+        if self.max_reply_chars < 1:
+            raise ConfigError(f"max_reply_chars: must be at least 1, got {self.max_reply_chars}")
 
     def new_run(self, run_id: str, agents: tuple[str, ...] = ("assistant",)) -> ChatRun:
         """A fresh :class:`ChatRun` with these settings."""
@@ -141,6 +144,7 @@ class ChatSettings:
             max_queued_turns=self.max_queued_turns,
             history_max_chars=self.history_max_chars,
             replay_max_bytes=self.replay_max_bytes,
+            max_reply_chars=self.max_reply_chars,
         )
 
 
