@@ -40,6 +40,7 @@ from antiphon.chat.store import default_store_path
 from antiphon.engine import SessionConfig
 from antiphon.errors import ConfigError, DecodeError
 from antiphon.proto._codec import make_converter, structure
+from antiphon.proto.chat_run import REPLAY_MAX_BYTES
 from antiphon.proto.chat_session import ChatSettings
 from antiphon.server import ServerConfig
 
@@ -64,6 +65,8 @@ class ConnectorSpec:
     max_queued_turns: int = 16
     resume_grace: float = 60.0
     max_reply_chars: int = 1_000_000
+    history_max_chars: int = 1_000_000
+    replay_max_bytes: int = REPLAY_MAX_BYTES
     agent: str | None = None
     agents: dict[str, str] | None = None
 
@@ -164,6 +167,8 @@ def build(
                 max_queued_turns=c.max_queued_turns,
                 resume_grace_s=c.resume_grace,
                 max_reply_chars=c.max_reply_chars,
+                history_max_chars=c.history_max_chars,
+                replay_max_bytes=c.replay_max_bytes,
             )
             connectors.append(Connector(settings=settings, agents=agents, path=c.path))
         except ConfigError as exc:

@@ -60,8 +60,11 @@ __all__ = [
 CHARS_PER_TOKEN: Final = 4
 """The token estimate's rule of thumb: about four characters per token for English text."""
 
-EVENT_OVERHEAD_BYTES: Final = 96
-"""What one logged event costs beyond its text, for the replay budget."""
+EVENT_OVERHEAD_BYTES: Final = 256
+"""What one logged event costs beyond its text (the event object, its id, the log entry), for the replay budget."""
+
+REPLAY_MAX_BYTES: Final = 256 * 1024
+"""Default replay budget per run: minutes of a streamed reply, far more than a reconnect misses."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -124,7 +127,7 @@ class ChatRun:
         max_messages: int = 100,
         max_queued_turns: int = 16,
         history_max_chars: int = 1_000_000,
-        replay_max_bytes: int = 1_000_000,
+        replay_max_bytes: int = REPLAY_MAX_BYTES,
         max_reply_chars: int = 1_000_000,
         new_message_id: Callable[[int], str] = _new_message_id,
     ) -> None:

@@ -61,6 +61,7 @@ from antiphon.proto.chat import (
 )
 from antiphon.proto.chat_run import (
     CHARS_PER_TOKEN,
+    REPLAY_MAX_BYTES,
     ChatRun,
     HistoryEntry,
     Refused,
@@ -107,7 +108,7 @@ class ChatSettings:
     max_queued_turns: int = 16
     history_max_chars: int = 1_000_000
     resume_grace_s: float = 60.0
-    replay_max_bytes: int = 1_000_000
+    replay_max_bytes: int = REPLAY_MAX_BYTES
     max_reply_chars: int = 1_000_000
 
     def __attrs_post_init__(self) -> None:
