@@ -8,7 +8,7 @@ other status, so credentials sent with the handshake cannot be forwarded elsewhe
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -33,9 +33,14 @@ async def connect_websocket(
     max_message_size: int = 1024 * 1024,
     message_queue_size: int = 4,
     ssl_context: ssl.SSLContext | None = None,
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     _streams: list[trio.abc.Stream] | None = None,
 ) -> trio_websocket.WebSocketConnection:
     """Open a WebSocket to ``url``; its reader task runs in ``nursery``.
+
+    ``open_stream``, when given, supplies the byte stream instead of a TCP connection
+    to the URL's host (a memory stream in tests, a tunnel); the URL still gives the
+    ``Host`` header and the resource.
 
     Prefer :func:`open_client_websocket`, which also closes the TCP stream.
 
@@ -49,7 +54,9 @@ async def connect_websocket(
     stream: trio.abc.Stream | None = None
     try:
         with trio.fail_after(timeout_s):
-            if target.secure:
+            if open_stream is not None:
+                stream = await open_stream()
+            elif target.secure:
                 ctx = ssl_context or ssl.create_default_context()
                 stream = await trio.open_ssl_over_tcp_stream(target.host, target.port, ssl_context=ctx, https_compatible=True)
             else:
@@ -126,6 +133,7 @@ async def open_client_websocket(
     timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     max_message_size: int = 1024 * 1024,
     ssl_context: ssl.SSLContext | None = None,
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
 ) -> AsyncIterator[tuple[trio.Nursery, trio_websocket.WebSocketConnection]]:
     """Connect to ``url`` and yield ``(nursery, ws)``; everything is closed on exit.
 
@@ -148,6 +156,7 @@ async def open_client_websocket(
                     timeout_s=timeout_s,
                     max_message_size=max_message_size,
                     ssl_context=ssl_context,
+                    open_stream=open_stream,
                     _streams=streams,
                 )
                 yield nursery, ws

@@ -370,39 +370,14 @@ class WebsocketClientTransport:
     @asynccontextmanager
     async def _dial(self) -> AsyncIterator[tuple[trio_websocket.WebSocketConnection, str]]:
         p = self.params
-        headers = list((p.additional_headers or {}).items())
-        resource = _resource(self.uri)
-        if p.open_stream is None:
-            async with open_client_websocket(
-                self.uri, headers=headers, timeout_s=p.open_timeout_s, max_message_size=p.max_message_size
-            ) as (_, ws):
-                yield ws, resource
-            return
-        # A stream of the caller's: the same handshake over it, errors translated the same way.
-        async with open_nursery_unwrapped() as nursery:
-            stream: trio.abc.Stream | None = None
-            try:
-                try:
-                    with trio.fail_after(p.open_timeout_s):
-                        stream = await p.open_stream()
-                        ws = await trio_websocket.wrap_client_stream(
-                            nursery,
-                            stream,
-                            urlsplit(self.uri).netloc,
-                            resource,
-                            extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] or None,
-                            max_message_size=p.max_message_size,
-                        )
-                except trio.TooSlowError:
-                    raise OperationTimeout(f"no WebSocket handshake within {p.open_timeout_s:g} s") from None
-                except (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError) as exc:
-                    raise HandshakeError(f"cannot connect to {_safe(self.uri)}: {exc!r}") from None
-                yield ws, resource
-            finally:
-                with trio.CancelScope(shield=True):
-                    if stream is not None:
-                        await trio.aclose_forcefully(stream)
-                nursery.cancel_scope.cancel()
+        async with open_client_websocket(
+            self.uri,
+            headers=list((p.additional_headers or {}).items()),
+            timeout_s=p.open_timeout_s,
+            max_message_size=p.max_message_size,
+            open_stream=p.open_stream,
+        ) as (_, ws):
+            yield ws, _resource(self.uri)
 
     async def _route_output(self) -> None:
         async for frame in self._out_receive:
