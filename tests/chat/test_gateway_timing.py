@@ -183,3 +183,22 @@ async def test_closing_the_session_cancels_the_turn(autojump_clock: Any) -> None
             await cancelled.wait()
             await gateway.wait_idle()
         assert gateway.connections == 0
+
+
+async def test_message_limit_closes_4429_after_the_accepted_turn(autojump_clock: Any) -> None:
+    """With max_messages=1, message 2 gets `message_limit`; close 4429 follows once turn 1 has ended."""
+    async with memory_gateway(connector(slow_agent, max_messages=1)) as (_, client):
+        await client.handshake(AUTHED)
+        await client.receive_json()
+        await client.send_json({"message": "one", "id": "a"})
+        for _ in range(3):
+            await client.receive_json()
+        t0 = trio.current_time()
+        await client.send_json({"message": "two", "id": "b"})
+        refused = await client.receive_json()
+        assert (refused["code"], refused["id"], "seq" in refused) == ("message_limit", "b", False)
+        assert (await client.receive_json())["chunk"] == "second"
+        end = await client.receive_json()
+        assert (end["type"], end["id"]) == ("stream_end", "a")
+        assert (await client.expect_close()).code == 4429
+        assert trio.current_time() - t0 == 100.0

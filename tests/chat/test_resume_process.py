@@ -160,3 +160,32 @@ def test_sessions_show_unknown_run_exits_1(tmp_path: Path) -> None:
         assert _stop(proc) == 0
     result = _cli("sessions", "show", "nope", "--store", str(tmp_path / "t.db"))
     assert result.returncode == 1 and "no run 'nope'" in result.stderr
+
+
+async def test_cancel_and_resent_id_over_a_real_socket() -> None:
+    """Over TCP: cancel stops a stream with status `cancelled`; resending its id does not run it again."""
+    started = 0
+    go_on = trio.Event()
+
+    async def endless_until_told(turn: Turn) -> AsyncIterator[str]:
+        nonlocal started
+        started += 1
+        yield "partial "
+        await go_on.wait()
+        yield "never"
+
+    async with tcp_gateway(connector(endless_until_told)) as gateway, open_chat(gateway.url, secret=SECRET) as chat:
+        await chat.send("go", id="t")
+        while not isinstance(await chat.receive(), StreamChunk):
+            pass
+        await chat.cancel("t")
+        end = await chat.receive()
+        assert isinstance(end, StreamEnd)
+        assert (end.status, end.full_response) == ("cancelled", "partial ")
+        await chat._send_text('{"type": "message", "id": "t", "payload": {"message": "go"}}')
+        await chat.ping()
+        # The gateway acks the resent id again; the client, which saw that ack already,
+        # delivers it once only - so the next event the application sees is the pong.
+        with trio.fail_after(5):
+            assert type(await chat.receive()).__name__ == "Pong"
+        assert started == 1
