@@ -13,7 +13,6 @@ from antiphon.engine import SessionConfig
 from antiphon.errors import HandshakeError, HandshakeRejected, LocalProtocolError
 from antiphon.media import (
     CLIENT_EVENTS,
-    SERVER_EVENTS,
     AudioRawFrame,
     InterruptionFrame,
     MessageFrame,

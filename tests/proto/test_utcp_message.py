@@ -7,9 +7,9 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import pytest
 from utcp.data.auth_implementations.oauth2_auth import OAuth2Auth as UtcpOAuth2Auth
 from utcp_websocket import WebSocketCallTemplateSerializer, WebSocketCommunicationProtocol
 

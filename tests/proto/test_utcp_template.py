@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import pytest
 from utcp.data.call_template import CallTemplateSerializer
 from utcp.data.utcp_manual import UtcpManualSerializer
 from utcp_websocket import WebSocketCallTemplate as UtcpWebSocketCallTemplate

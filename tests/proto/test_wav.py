@@ -6,9 +6,9 @@ import io
 import struct
 import wave
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-import pytest
 
 from antiphon.errors import LocalProtocolError
 from antiphon.proto.wav import WAV_HEADER_BYTES, WavAudio, add_wav_header, strip_wav_header

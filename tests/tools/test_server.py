@@ -56,7 +56,7 @@ def test_explicit_name_description_and_schema_and_richer_hints() -> None:
     """Explicit metadata wins; unions, literals, lists and dicts map to JSON Schema."""
     app = ToolApp()
 
-    def f(mode: "str | None", kind: Any = None, items: list[int] | None = None, meta: dict[str, float] | None = None) -> list[str]:
+    def f(mode: str | None, kind: Any = None, items: list[int] | None = None, meta: dict[str, float] | None = None) -> list[str]:
         return []
 
     def g(level: Literal["low", "high"], flag: bool = False) -> None: ...

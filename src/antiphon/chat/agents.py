@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, TypeAlias
 
 import trio

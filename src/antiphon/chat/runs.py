@@ -26,8 +26,8 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from contextlib import aclosing
 from collections.abc import Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio

@@ -44,10 +44,10 @@ from attrs import frozen
 
 from antiphon.engine import CLOSE_GOING_AWAY, Session
 from antiphon.errors import LocalProtocolError
+from antiphon.media.connection import MediaStats
 from antiphon.proto.frames import AudioRawFrame, InterruptionFrame, MediaFrame
 from antiphon.proto.pacing import AudioPacer, PacerConfig
 from antiphon.proto.serializers import FrameSerializer
-from antiphon.media.connection import MediaStats
 
 __all__ = ["MediaOutput", "OutputConfig"]
 

@@ -44,14 +44,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import Counter
 import enum
 import json
 import math
+from collections import Counter
 from typing import Any, ClassVar, Final, Protocol
 
-from attrs import define, field, frozen
 import cattrs
+from attrs import define, field, frozen
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.strategies import configure_tagged_union
 from google.protobuf.message import DecodeError as _PbDecodeError

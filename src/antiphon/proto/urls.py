@@ -27,9 +27,9 @@ appended), exactly as UTCP's ``_get_connection`` re-checks.
 
 from __future__ import annotations
 
-from ipaddress import IPv6Address, ip_address
 import re
 import socket
+from ipaddress import IPv6Address, ip_address
 from typing import Final
 from urllib.parse import urlsplit
 

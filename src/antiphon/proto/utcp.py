@@ -38,15 +38,15 @@ Decisions where UTCP is buggy or silent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import math
 import re
-from typing import Any, ClassVar, Final, Literal, get_args, get_origin
 import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final, Literal, get_args, get_origin
 
 import attrs
-from attrs import field, frozen
 import cattrs
+from attrs import field, frozen
 from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override

@@ -68,9 +68,9 @@ Decisions where UTCP is buggy or silent
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 

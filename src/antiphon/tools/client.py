@@ -60,10 +60,8 @@ import trio
 from antiphon._util import open_nursery_unwrapped
 from antiphon.engine import SessionConfig
 from antiphon.errors import (
-    ClosedWithoutReply,
     ConnectionClosed,
     LocalProtocolError,
-    ResponseFormatError,
     ToolCallError,
 )
 from antiphon.proto.urls import check_ws_url
