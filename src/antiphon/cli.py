@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -163,7 +163,7 @@ async def _serve_gateway(setup: GatewaySetup, store: SqliteStore | MemoryStore |
             nursery.cancel_scope.cancel()
 
 
-async def _stop_on_second_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for _ in signals:
         scope.cancel()
         return

@@ -23,7 +23,7 @@ from antiphon.chat.runs import LiveRun, RunRegistry
 from antiphon.chat.store import TranscriptStore, now
 from antiphon.engine import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
-from antiphon.proto.chat import CloseCode, ErrorCode, ErrorEvent, encode_event
+from antiphon.proto.chat import CloseCode, ErrorCode, ErrorEvent, ServerEvent, encode_event
 from antiphon.proto.chat_session import (
     Accept,
     Action,
@@ -145,16 +145,16 @@ class ChatSessionHandler(SessionHandler):
         self._apply(actions)
         session.nursery.start_soon(self._replay, session, target, replay[-1][0] if replay else last_seq, replay)
 
-    async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, object]]) -> None:
+    async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, ServerEvent]]) -> None:
         # Replay under backpressure, then keep replaying whatever was logged meanwhile;
         # attach with no checkpoint after the last look, so no event falls in between.
         batch = first
         while batch:
             for seq, event in batch:
                 await session.wait_for_room()
-                session.send_nowait(encode_event(event, seq))  # type: ignore[arg-type]
+                session.send_nowait(encode_event(event, seq))
                 through = seq
-            batch, _ = run.state.replay_after(through)  # type: ignore[assignment]
+            batch, _ = run.state.replay_after(through)
         run.attach(self)
 
 

@@ -35,7 +35,17 @@ import trio
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine import Session
-from antiphon.proto.chat import Ack, ErrorCode, ErrorEvent, MessageId, ServerEvent, TurnStatus, encode_event
+from antiphon.proto.chat import (
+    Ack,
+    ErrorCode,
+    ErrorEvent,
+    MessageId,
+    Response,
+    ServerEvent,
+    StreamEnd,
+    TurnStatus,
+    encode_event,
+)
 from antiphon.proto.chat_run import ChatRun, ReplyTooLong, TurnRequest
 
 if TYPE_CHECKING:
@@ -290,23 +300,24 @@ class LiveRun:
                 events = state.turn_ended(request, status, turn.usage, error)
                 for event in events:
                     self.emit(event)
-                if self.store is not None:
+                last = events[-1]
+                if self.store is not None and isinstance(last, (StreamEnd, Response)):
                     with trio.CancelScope(shield=True), trio.move_on_after(STORE_TIMEOUT_S):
-                        await self._store_reply(self.store, request, events[-1], started_at)
+                        await self._store_reply(self.store, request, last, started_at)
                 self._notify_turn_ended()
 
     async def _store_reply(
-        self, store: TranscriptStore, request: TurnRequest, last: ServerEvent, started_at: float
+        self, store: TranscriptStore, request: TurnRequest, last: StreamEnd | Response, started_at: float
     ) -> None:
-        usage = last.token_usage  # type: ignore[union-attr]
+        text = last.full_response if isinstance(last, StreamEnd) else last.response
         record = ReplyRecord(
             run_id=self.run_id,
             message_number=request.message_number,
             agent=request.agent,
-            text=getattr(last, "full_response", None) or getattr(last, "response", ""),
-            status=str(last.status),  # type: ignore[union-attr]
-            prompt_tokens=usage.prompt_tokens,
-            candidates_tokens=usage.candidates_tokens,
+            text=text,
+            status=str(last.status),
+            prompt_tokens=last.token_usage.prompt_tokens,
+            candidates_tokens=last.token_usage.candidates_tokens,
             started_at=started_at,
             finished_at=now(),
         )

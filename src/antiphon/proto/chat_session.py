@@ -395,7 +395,7 @@ def _offered_secrets(headers: Iterable[tuple[bytes, bytes]], target: str) -> Ite
                 yield token.strip()
     query = urlsplit(target).query
     if query:
-        for key, value in parse_qsl(query, keep_blank_values=True):
+        for key, given in parse_qsl(query, keep_blank_values=True):
             if key in SECRET_QUERY_KEYS:
-                yield value
+                yield given
 
