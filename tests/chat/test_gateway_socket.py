@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import websockets
 import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -307,7 +308,7 @@ async def test_malformed_frames_keep_the_session_open() -> None:
 
 
 async def test_hundreds_of_sessions_leave_nothing_behind() -> None:
-    """300 sessions, closed cleanly, dropped mid-turn, or cut mid-handshake: none remain afterwards."""
+    """300 sessions, closed cleanly, dropped mid-turn, or cut mid-handshake: no connection, task or run remains."""
     fd_dir = "/proc/self/fd"
 
     async def never_ends(turn: Turn) -> AsyncIterator[str]:
@@ -337,7 +338,7 @@ async def test_hundreds_of_sessions_leave_nothing_behind() -> None:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         await stream.aclose()
 
-    async with tcp_gateway(connector(never_ends)) as gateway:
+    async with tcp_gateway(connector(never_ends, resume_grace_s=0)) as gateway:
         before = len(os.listdir(fd_dir))
         with trio.fail_after(30):
             for kind in (clean, abrupt_mid_turn, cut_handshake):
@@ -345,9 +346,12 @@ async def test_hundreds_of_sessions_leave_nothing_behind() -> None:
                     for _ in range(100):
                         nursery.start_soon(kind, gateway.url)
             await gateway.wait_idle()
+            await trio.testing.wait_all_tasks_blocked()
         assert gateway.connections == 0
         assert gateway.sessions == set()
         assert gateway.handler_tasks == 0
+        assert gateway.registry is not None and gateway.registry.runs == {}
+        assert len(gateway.registry.nursery.child_tasks) == 0  # every run's tasks (and turn) ended
         assert len(os.listdir(fd_dir)) == before
 
 
