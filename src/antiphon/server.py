@@ -230,6 +230,8 @@ class SessionServer:
         while True:
             try:
                 stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return  # the listener was closed: nothing more to accept
             except OSError as exc:
                 # EMFILE and friends: back off rather than spin (as trio.serve_listeners does).
                 log.warning("accept failed (%s); pausing 100 ms", exc)

@@ -189,3 +189,20 @@ async def test_cancel_and_resent_id_over_a_real_socket() -> None:
         with trio.fail_after(5):
             assert type(await chat.receive()).__name__ == "Pong"
         assert started == 1
+
+
+async def test_client_ends_quietly_when_reconnects_fail() -> None:
+    """With the gateway gone, the client's reconnect attempts run out and receive() raises ConnectionClosed."""
+    from antiphon.chat.client import ReconnectPolicy
+    from antiphon.errors import ConnectionClosed
+
+    async with tcp_gateway() as gateway:
+        async with open_chat(gateway.url, secret=SECRET, reconnect=ReconnectPolicy(max_attempts=2, initial_delay_s=0.01)) as chat:
+            await trio.aclose_forcefully(gateway._listeners[0])  # nobody will accept a reconnect
+            await trio.aclose_forcefully(chat._session.ws._stream)  # type: ignore[union-attr]
+            with trio.fail_after(10):
+                try:
+                    while True:
+                        await chat.receive()
+                except ConnectionClosed as exc:
+                    assert exc.code == 1006

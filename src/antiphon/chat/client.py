@@ -319,8 +319,13 @@ class ChatClient:
                     session = await self._connect_once(started, task_status)
                     started, attempt = True, 0
                 except (HandshakeError, OperationTimeout, ConnectionClosed) as exc:
-                    if not started or isinstance(exc, HandshakeRejected):
+                    if not started:
                         raise
+                    if isinstance(exc, HandshakeRejected):
+                        # Refused outright (a changed secret, a path gone): retrying won't help.
+                        log.warning("reconnect refused: %s", exc)
+                        self.close_code, self.close_reason = 1006, str(exc)
+                        return
                     log.info("reconnect attempt %d failed: %s", attempt, exc)
                 if self._closing:
                     return
