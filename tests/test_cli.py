@@ -138,3 +138,10 @@ async def test_terminal_chat_streams_replies() -> None:
     assert out.startswith("connected: run ")
     assert "Turn 1. You said: 'Hello!'. This is the first message of our conversation." in out
     assert "Turn 2. You said: 'Again'. Before that you said: 'Hello!'." in out
+
+
+def test_version() -> None:
+    """`antiphon --version` prints the package version."""
+    from antiphon import __version__
+
+    assert _run("--version").stdout.strip() == f"antiphon {__version__}"

@@ -10,6 +10,8 @@ Every session runs under its own nursery (receive, send, heartbeat and timer tas
 the protocol logic lives, sans-IO, in :mod:`antiphon.proto`.
 """
 
+from importlib import metadata as _metadata
+
 from antiphon.chat import (
     Agent,
     AgentReply,
@@ -26,7 +28,10 @@ from antiphon.engine import Session, SessionConfig, SessionHandler
 from antiphon.errors import AntiphonError
 from antiphon.server import ServerConfig, SessionServer
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("antiphon")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Agent",

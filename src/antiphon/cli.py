@@ -17,6 +17,7 @@ from antiphon.chat.config import ConnectorSpec, GatewaySetup, GatewaySpec, build
 from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
 from antiphon.chat.store import MemoryStore, SqliteStore, read_run, read_runs
+from antiphon import __version__
 from antiphon.errors import AntiphonError
 from antiphon.tuning import tune_gc
 
@@ -27,6 +28,7 @@ SECRET_ENV = "ANTIPHON_SECRET"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antiphon", description="Trio WebSocket sessions: chat, tools, media.")
+    parser.add_argument("--version", action="version", version=f"antiphon {__version__}")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
