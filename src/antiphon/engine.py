@@ -168,8 +168,7 @@ class Session:
 
     async def send(self, message: str | bytes) -> None:
         """Queue ``message``, waiting while the queue is full; dropped once the session is closing."""
-        while len(self._queue) >= self._soft_limit and not self._closing:
-            await self._queue_room.park()
+        await self.wait_for_room()
         if self._closing:
             return
         self._queue.append(message)

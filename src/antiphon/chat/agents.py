@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import aclosing
 from typing import Any, TypeAlias
 
 import trio
@@ -28,7 +27,7 @@ from antiphon.errors import ConfigError
 from antiphon.proto.chat import MessageId, TokenUsage
 from antiphon.proto.chat_session import HistoryEntry
 
-__all__ = ["Agent", "AgentReply", "Turn", "demo_agent", "load_agent", "run_agent"]
+__all__ = ["Agent", "AgentReply", "Turn", "check_chunk", "demo_agent", "load_agent", "start_agent", "whole_reply"]
 
 
 @define(kw_only=True)
@@ -62,23 +61,6 @@ Agent: TypeAlias = Callable[[Turn], "AsyncIterator[str] | Awaitable[str | AgentR
 
 class AgentResultError(TypeError):
     """An agent produced something that is not text."""
-
-
-async def run_agent(agent: Agent, turn: Turn) -> AsyncIterator[str]:
-    """Run ``agent`` on ``turn``, yielding its reply as text chunks whatever its kind.
-
-    Raises whatever the agent raises, and :class:`AgentResultError` when it yields or
-    returns something other than text. (The gateway itself uses :func:`start_agent` and
-    :func:`whole_reply`, which spare a coroutine agent the async-generator machinery.)
-    """
-    result = start_agent(agent, turn)
-    if inspect.isasyncgen(result):
-        # aclosing: a cancelled turn finalizes the agent's generator in the turn's task.
-        async with aclosing(result) as gen:
-            async for chunk in gen:
-                yield check_chunk(chunk)
-        return
-    yield await whole_reply(result, turn)
 
 
 def start_agent(agent: Agent, turn: Turn) -> Any:

@@ -176,16 +176,21 @@ class LiveRun:
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def _session(self) -> Session | None:
+        """The attached connection's session, if a connection is attached."""
+        return self.holder.session if self.holder is not None else None
+
     def emit(self, event: ServerEvent) -> None:
         """Number ``event``, log it for replay, and send it to the attached connection."""
         seq = self.state.emit(event)
-        session = self.holder.session if self.holder is not None else None
+        session = self._session
         if session is not None:
             session.send_nowait(encode_event(event, seq))
 
     async def emit_wait(self, event: ServerEvent) -> None:
         """:meth:`emit`, after waiting for room on the connection (a slow reader slows the agent)."""
-        session = self.holder.session if self.holder is not None else None
+        session = self._session
         if session is not None:
             await session.wait_for_room()
         else:
@@ -196,7 +201,7 @@ class LiveRun:
 
     def notify(self, event: ErrorEvent) -> None:
         """Send a connection-level event (no ``seq``) to the attached connection, if any."""
-        session = self.holder.session if self.holder is not None else None
+        session = self._session
         if session is not None:
             session.send_nowait(encode_event(event))
 
