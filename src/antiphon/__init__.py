@@ -24,9 +24,14 @@ from antiphon.chat import (
     open_chat,
     serve_chat,
 )
-from antiphon.engine import Session, SessionConfig, SessionHandler
+from antiphon.engine import (
+    ServerConfig,
+    Session,
+    SessionConfig,
+    SessionHandler,
+    SessionServer,
+)
 from antiphon.errors import AntiphonError
-from antiphon.server import ServerConfig, SessionServer
 
 try:
     __version__ = _metadata.version("antiphon")

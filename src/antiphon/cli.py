@@ -13,11 +13,18 @@ from pathlib import Path
 import attrs
 import trio
 
-from antiphon.chat.config import ConnectorSpec, GatewaySetup, GatewaySpec, build, load_file, store_location
+from antiphon import __version__
+from antiphon.chat.config import (
+    ConnectorSpec,
+    GatewaySetup,
+    GatewaySpec,
+    build,
+    load_file,
+    store_location,
+)
 from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
 from antiphon.chat.store import MemoryStore, SqliteStore, read_run, read_runs
-from antiphon import __version__
 from antiphon.errors import AntiphonError
 from antiphon.tuning import tune_gc
 

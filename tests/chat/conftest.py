@@ -12,8 +12,8 @@ import trio.testing
 
 from antiphon.chat import ChatGateway, ChatSettings, Connector
 from antiphon.chat.store import TranscriptStore
-from antiphon.engine import SessionConfig
-from antiphon.server import ServerConfig
+from antiphon.engine.server import ServerConfig
+from antiphon.engine.session import SessionConfig
 from tests.helpers import RawClient
 
 SECRET = "s3cret"

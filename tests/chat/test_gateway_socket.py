@@ -17,10 +17,10 @@ import websockets.sync.client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from antiphon.chat import AgentReply, ChatSettings, Connector, Turn, open_chat
+from antiphon.engine.server import ServerConfig
 from antiphon.errors import ChatError, HandshakeError, HandshakeRejected
 from antiphon.errors import ConnectionClosed as AntiphonConnectionClosed
-from antiphon.proto.chat import TokenUsage
-from antiphon.server import ServerConfig
+from antiphon.proto.chat.messages import TokenUsage
 from tests.chat.conftest import SECRET, connector, tcp_gateway
 
 # The "Python Example" of the public Connic docs, verbatim but for the two placeholders.

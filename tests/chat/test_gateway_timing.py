@@ -10,7 +10,7 @@ import trio.testing
 from wsproto.events import AcceptConnection, Ping, Pong
 
 from antiphon.chat import Turn
-from antiphon.engine import SessionConfig
+from antiphon.engine.session import SessionConfig
 from tests.chat.conftest import SECRET, connector, memory_gateway
 
 AUTHED = f"/?secret={SECRET}"

@@ -18,7 +18,7 @@ import websockets.sync.client
 
 from antiphon.chat import Turn, open_chat
 from antiphon.chat.store import SqliteStore, read_run
-from antiphon.proto.chat import Resumed, StreamChunk, StreamEnd
+from antiphon.proto.chat.messages import Resumed, StreamChunk, StreamEnd
 from tests.chat.conftest import SECRET, connector, tcp_gateway
 
 URL_LINE = re.compile(r"listening on (ws://\S+)")

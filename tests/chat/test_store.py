@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from antiphon.chat.store import MemoryStore, MessageRecord, ReplyRecord, SqliteStore, read_run, read_runs
+from antiphon.chat.store import (
+    MemoryStore,
+    MessageRecord,
+    ReplyRecord,
+    SqliteStore,
+    read_run,
+    read_runs,
+)
 from antiphon.errors import ConfigError
 
 

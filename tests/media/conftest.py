@@ -9,7 +9,11 @@ from typing import Any
 import trio
 import trio.testing
 
-from antiphon.media import SERVER_EVENTS, WebsocketServerParams, WebsocketServerTransport
+from antiphon.media import (
+    SERVER_EVENTS,
+    WebsocketServerParams,
+    WebsocketServerTransport,
+)
 from tests.helpers import RawClient
 
 

@@ -1,7 +1,7 @@
 """Pipecat's frames.proto written down independently of antiphon, with the `protobuf` package only.
 
 The tests speak the wire through this module, so a mistake in antiphon's own schema
-(src/antiphon/proto/media_pb.py) cannot hide itself. Its descriptor lives in a pool of
+(src/antiphon/proto/media/schema.py) cannot hide itself. Its descriptor lives in a pool of
 its own: the default pool is process-wide.
 """
 

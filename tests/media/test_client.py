@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from websockets.trio.server import serve
 
-from antiphon.engine import SessionConfig
+from antiphon.engine.session import SessionConfig
 from antiphon.errors import HandshakeError, HandshakeRejected, LocalProtocolError
 from antiphon.media import (
     CLIENT_EVENTS,

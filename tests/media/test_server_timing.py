@@ -10,8 +10,13 @@ import trio
 import trio.testing
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection
 
-from antiphon.engine import SessionConfig
-from antiphon.media import AudioRawFrame, InterruptionFrame, TextFrame, WebsocketServerParams
+from antiphon.engine.session import SessionConfig
+from antiphon.media import (
+    AudioRawFrame,
+    InterruptionFrame,
+    TextFrame,
+    WebsocketServerParams,
+)
 from tests.helpers import RawClient
 from tests.media import pb_schema as pb
 from tests.media.conftest import memory_server

@@ -18,9 +18,9 @@ import trio_websocket
 from attrs import define, field
 from websockets.sync.server import ServerConnection, serve
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.proto.utcp_message import Handshake
-from antiphon.server import ServerConfig
+from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.engine.server import ServerConfig
+from antiphon.proto.utcp.message import Handshake
 from antiphon.tools import ApiKeyAuth, BasicAuth, ToolApp, ToolServer
 from antiphon.tools.pool import Opener
 

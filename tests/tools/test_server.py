@@ -11,8 +11,8 @@ import trio
 import trio.testing
 from wsproto.events import AcceptConnection, RejectConnection
 
+from antiphon.engine.server import ServerConfig
 from antiphon.errors import ConfigError, HandshakeRejected, ToolCallError
-from antiphon.server import ServerConfig
 from antiphon.tools import (
     ApiKeyAuth,
     BasicAuth,

@@ -14,10 +14,15 @@ import pytest
 import trio
 from wsproto.events import AcceptConnection
 
+from antiphon.engine.server import ServerConfig
 from antiphon.errors import OperationTimeout
-from antiphon.proto.utcp_message import Handshake
-from antiphon.server import ServerConfig
-from antiphon.tools import ToolClient, ToolServer, WebSocketCallTemplate, open_tool_client
+from antiphon.proto.utcp.message import Handshake
+from antiphon.tools import (
+    ToolClient,
+    ToolServer,
+    WebSocketCallTemplate,
+    open_tool_client,
+)
 from tests.helpers import RawClient
 from tests.tools.conftest import demo_app, memory_opener
 

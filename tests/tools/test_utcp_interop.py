@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import trio
 
-from antiphon.proto.utcp import encode_manual
-from antiphon.server import Accept, HandshakeRequest, Reject, ServerConfig
+from antiphon.engine.server import Accept, HandshakeRequest, Reject, ServerConfig
+from antiphon.proto.utcp.templates import encode_manual
 from antiphon.tools import ApiKeyAuth, ToolApp, ToolServer
 from tests.tools.conftest import API_KEY, demo_app
 

@@ -24,8 +24,8 @@ import trio
 from attrs import define, frozen
 
 from antiphon.errors import ConfigError
-from antiphon.proto.chat import MessageId, TokenUsage
-from antiphon.proto.chat_session import HistoryEntry
+from antiphon.proto.chat.messages import MessageId, TokenUsage
+from antiphon.proto.chat.session import HistoryEntry
 
 __all__ = ["Agent", "AgentReply", "Turn", "check_chunk", "demo_agent", "load_agent", "start_agent", "whole_reply"]
 

@@ -32,9 +32,9 @@ from urllib.parse import urlencode
 import trio
 from attrs import frozen
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
-from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
+from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.engine.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
+from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
 from antiphon.errors import (
     ChatError,
     ConnectionClosed,
@@ -44,7 +44,7 @@ from antiphon.errors import (
     LocalProtocolError,
     OperationTimeout,
 )
-from antiphon.proto.chat import (
+from antiphon.proto.chat.messages import (
     Ack,
     Auth,
     Cancel,

@@ -37,12 +37,12 @@ from attrs import field, frozen
 from antiphon.chat.agents import DEMO_AGENT_SPEC, Agent, load_agent
 from antiphon.chat.gateway import Connector
 from antiphon.chat.store import default_store_path
-from antiphon.engine import SessionConfig
+from antiphon.engine.server import ServerConfig
+from antiphon.engine.session import SessionConfig
 from antiphon.errors import ConfigError, DecodeError
 from antiphon.proto._codec import make_converter, structure
-from antiphon.proto.chat_run import REPLAY_MAX_BYTES
-from antiphon.proto.chat_session import ChatSettings
-from antiphon.server import ServerConfig
+from antiphon.proto.chat.run import REPLAY_MAX_BYTES
+from antiphon.proto.chat.session import ChatSettings
 
 __all__ = ["ConnectorSpec", "GatewaySetup", "GatewaySpec", "build", "load_file", "store_location"]
 

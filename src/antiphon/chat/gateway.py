@@ -1,7 +1,7 @@
 """The chat gateway: serves agents to Connic-protocol clients over WebSocket.
 
-The protocol decisions live in the sans-IO :class:`~antiphon.proto.chat_session.ChatSession`
-(one per connection) and :class:`~antiphon.proto.chat_run.ChatRun` (one per
+The protocol decisions live in the sans-IO :class:`~antiphon.proto.chat.session.ChatSession`
+(one per connection) and :class:`~antiphon.proto.chat.run.ChatRun` (one per
 conversation); this module is the Trio half. For each connection a
 :class:`ChatSessionHandler` runs on the session engine: frames go into the
 ``ChatSession``, and the actions that come out are carried out. The conversation's
@@ -21,10 +21,18 @@ from attrs import field, frozen
 from antiphon.chat.agents import Agent, demo_agent
 from antiphon.chat.runs import LiveRun, RunRegistry
 from antiphon.chat.store import TranscriptStore, now
-from antiphon.engine import Session, SessionConfig, SessionHandler
+from antiphon.engine.server import Accept as AcceptHandshake
+from antiphon.engine.server import HandshakeRequest, Reject, ServerConfig, SessionServer
+from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
-from antiphon.proto.chat import CloseCode, ErrorCode, ErrorEvent, ServerEvent, encode_event
-from antiphon.proto.chat_session import (
+from antiphon.proto.chat.messages import (
+    CloseCode,
+    ErrorCode,
+    ErrorEvent,
+    ServerEvent,
+    encode_event,
+)
+from antiphon.proto.chat.session import (
     Accept,
     Action,
     CancelTurn,
@@ -37,8 +45,6 @@ from antiphon.proto.chat_session import (
     SetTimer,
     check_handshake_secret,
 )
-from antiphon.server import Accept as AcceptHandshake
-from antiphon.server import HandshakeRequest, Reject, ServerConfig, SessionServer
 
 __all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
 

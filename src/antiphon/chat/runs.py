@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Each run (``connector_run_id``) is a :class:`LiveRun`: a sans-IO
-:class:`~antiphon.proto.chat_run.ChatRun` plus two tasks in the gateway's *runs
+:class:`~antiphon.proto.chat.run.ChatRun` plus two tasks in the gateway's *runs
 nursery* (not in any connection's nursery):
 
 * **ingest** stores each accepted message (when a store is configured) and only then
@@ -34,8 +34,8 @@ import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
-from antiphon.engine import Session
-from antiphon.proto.chat import (
+from antiphon.engine.session import Session
+from antiphon.proto.chat.messages import (
     Ack,
     ErrorCode,
     ErrorEvent,
@@ -46,10 +46,10 @@ from antiphon.proto.chat import (
     TurnStatus,
     encode_event,
 )
-from antiphon.proto.chat_run import ChatRun, ReplyTooLong, TurnRequest
+from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
 
 if TYPE_CHECKING:
-    from antiphon.proto.chat_session import ChatSettings
+    from antiphon.proto.chat.session import ChatSettings
 
 __all__ = ["LiveRun", "RunHolder", "RunRegistry"]
 

@@ -11,11 +11,19 @@ and ``await transport.output().send(frame)``. Outgoing audio is paced in real ti
 (:mod:`antiphon.media.output`).
 """
 
-from antiphon.media.client import CLIENT_EVENTS, WebsocketClientParams, WebsocketClientTransport
+from antiphon.media.client import (
+    CLIENT_EVENTS,
+    WebsocketClientParams,
+    WebsocketClientTransport,
+)
 from antiphon.media.connection import MediaConnection, MediaStats
 from antiphon.media.output import MediaOutput, OutputConfig
-from antiphon.media.server import SERVER_EVENTS, WebsocketServerParams, WebsocketServerTransport
-from antiphon.proto.frames import (
+from antiphon.media.server import (
+    SERVER_EVENTS,
+    WebsocketServerParams,
+    WebsocketServerTransport,
+)
+from antiphon.proto.media.frames import (
     AudioRawFrame,
     InterruptionFrame,
     MediaFrame,
@@ -23,7 +31,11 @@ from antiphon.proto.frames import (
     TextFrame,
     TranscriptionFrame,
 )
-from antiphon.proto.serializers import FrameSerializer, JsonFrameSerializer, ProtobufFrameSerializer
+from antiphon.proto.media.serializers import (
+    FrameSerializer,
+    JsonFrameSerializer,
+    ProtobufFrameSerializer,
+)
 
 __all__ = [
     "CLIENT_EVENTS",

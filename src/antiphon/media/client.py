@@ -61,10 +61,16 @@ import trio
 import trio_websocket
 from attrs import field, frozen
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.connect import open_client_websocket
-from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig
-from antiphon.errors import ConfigError, HandshakeError, HandshakeRejected, LocalProtocolError, OperationTimeout
+from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.engine.connect import open_client_websocket
+from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig
+from antiphon.errors import (
+    ConfigError,
+    HandshakeError,
+    HandshakeRejected,
+    LocalProtocolError,
+    OperationTimeout,
+)
 from antiphon.media.connection import (
     EventDispatcher,
     EventHandler,
@@ -76,9 +82,9 @@ from antiphon.media.connection import (
 )
 from antiphon.media.output import MediaOutput, OutputConfig
 from antiphon.media.server import INPUT_BUFFER_FRAMES, MIB, OUTPUT_BUFFER_FRAMES
-from antiphon.proto.frames import MediaFrame
-from antiphon.proto.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
-from antiphon.proto.serializers import FrameSerializer
+from antiphon.proto.media.frames import MediaFrame
+from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
+from antiphon.proto.media.serializers import FrameSerializer
 
 __all__ = ["CLIENT_EVENTS", "WebsocketClientParams", "WebsocketClientTransport"]
 

@@ -34,10 +34,10 @@ from typing import Any, Final, TypeVar
 import trio
 from attrs import define, field
 
-from antiphon.engine import CLOSE_NORMAL, Session, SessionHandler
+from antiphon.engine.session import CLOSE_NORMAL, Session, SessionHandler
 from antiphon.errors import ConfigError, LocalProtocolError
-from antiphon.proto.frames import MediaFrame
-from antiphon.proto.serializers import FrameSerializer, ProtobufFrameSerializer
+from antiphon.proto.media.frames import MediaFrame
+from antiphon.proto.media.serializers import FrameSerializer, ProtobufFrameSerializer
 
 __all__ = ["EventHandler", "MediaConnection", "MediaSessionHandler", "MediaStats", "SerializerSpec"]
 
@@ -86,7 +86,7 @@ class MediaStats:
     """Messages written for outgoing frames (each paced audio chunk counts once)."""
     audio_chunks_out: int = 0
     skipped_in: Counter[str] = field(factory=Counter)
-    """Incoming messages that did not decode, by :class:`~antiphon.proto.serializers.SkipReason`."""
+    """Incoming messages that did not decode, by :class:`~antiphon.proto.media.serializers.SkipReason`."""
     dropped_in: int = 0
     """Decoded frames lost because the input channel was full or closed."""
     dropped_out: Counter[str] = field(factory=Counter)

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 :class:`MediaOutput` is fed synchronously (:meth:`MediaOutput.put` never blocks), so the
 transport task that drains the application's output channel is never stuck behind audio
-and an :class:`~antiphon.proto.frames.InterruptionFrame` takes effect the moment it is
+and an :class:`~antiphon.proto.media.frames.InterruptionFrame` takes effect the moment it is
 read. One task per connection (:meth:`MediaOutput.run`, in the session's nursery) is a
-thin loop around the sans-IO :class:`~antiphon.proto.pacing.AudioPacer`: sleep until the
+thin loop around the sans-IO :class:`~antiphon.proto.media.pacing.AudioPacer`: sleep until the
 next deadline or until new audio arrives, then send what is due.
 
 * **Audio** goes into the pacer and out in ``chunk_ms`` chunks at real-time pace, each
@@ -42,12 +42,12 @@ from typing import Final
 import trio
 from attrs import frozen
 
-from antiphon.engine import CLOSE_GOING_AWAY, Session
+from antiphon.engine.session import CLOSE_GOING_AWAY, Session
 from antiphon.errors import LocalProtocolError
 from antiphon.media.connection import MediaStats
-from antiphon.proto.frames import AudioRawFrame, InterruptionFrame, MediaFrame
-from antiphon.proto.pacing import AudioPacer, PacerConfig
-from antiphon.proto.serializers import FrameSerializer
+from antiphon.proto.media.frames import AudioRawFrame, InterruptionFrame, MediaFrame
+from antiphon.proto.media.pacing import AudioPacer, PacerConfig
+from antiphon.proto.media.serializers import FrameSerializer
 
 __all__ = ["MediaOutput", "OutputConfig"]
 

@@ -15,7 +15,7 @@
 
 Theory of operation
 -------------------
-The transport is a :class:`~antiphon.server.SessionServer` whose router accepts every
+The transport is a :class:`~antiphon.engine.server.SessionServer` whose router accepts every
 upgrade; each connection is a session with the engine's receive, send, heartbeat and
 timer tasks plus a paced output task (:mod:`antiphon.media.output`).
 
@@ -53,7 +53,7 @@ fire the last ``on_client_disconnected`` and stop. Cancelling :meth:`run` instea
 closes the client with 1001, but event handlers do not run any more.
 
 **Serializer.** Pipecat's server has none by default and silently drops everything;
-antiphon defaults to a fresh :class:`~antiphon.proto.serializers.ProtobufFrameSerializer`
+antiphon defaults to a fresh :class:`~antiphon.proto.media.serializers.ProtobufFrameSerializer`
 per client (Pipecat's wire format, what its clients speak), honouring ``add_wav_header``.
 """
 
@@ -67,7 +67,14 @@ from typing import Final
 import trio
 from attrs import field, frozen
 
-from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig
+from antiphon.engine.server import (
+    Accept,
+    HandshakeRequest,
+    Reject,
+    ServerConfig,
+    SessionServer,
+)
+from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig
 from antiphon.errors import ConfigError, LocalProtocolError
 from antiphon.media.connection import (
     EventDispatcher,
@@ -79,10 +86,9 @@ from antiphon.media.connection import (
     serializer_factory,
 )
 from antiphon.media.output import MediaOutput, OutputConfig
-from antiphon.proto.frames import MediaFrame
-from antiphon.proto.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
-from antiphon.proto.serializers import FrameSerializer
-from antiphon.server import Accept, HandshakeRequest, Reject, ServerConfig, SessionServer
+from antiphon.proto.media.frames import MediaFrame
+from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
+from antiphon.proto.media.serializers import FrameSerializer
 
 __all__ = ["SERVER_EVENTS", "WebsocketServerParams", "WebsocketServerTransport"]
 

@@ -8,10 +8,10 @@
   as tools, one path per tool (``/tools/<name>``), the manual at ``/utcp``.
 
 The data model (:class:`WebSocketCallTemplate` and friends) is re-exported from the sans-IO
-:mod:`antiphon.proto.utcp`.
+:mod:`antiphon.proto.utcp.templates`.
 """
 
-from antiphon.proto.utcp import (
+from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
     BasicAuth,
     OAuth2Auth,
@@ -19,7 +19,13 @@ from antiphon.proto.utcp import (
     UtcpManual,
     WebSocketCallTemplate,
 )
-from antiphon.tools.client import ToolClient, call_tool, call_tool_streaming, open_tool_client, register_manual
+from antiphon.tools.client import (
+    ToolClient,
+    call_tool,
+    call_tool_streaming,
+    open_tool_client,
+    register_manual,
+)
 from antiphon.tools.oauth import TokenCache, fetch_oauth2_token
 from antiphon.tools.schema import ToolSpec
 from antiphon.tools.server import ToolApp, ToolServer, serve_tools

@@ -27,9 +27,9 @@ from urllib.parse import quote
 import attrs
 import trio
 
+from antiphon.engine.server import ServerConfig
 from antiphon.errors import ConfigError
-from antiphon.proto.utcp import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
-from antiphon.server import ServerConfig
+from antiphon.proto.utcp.templates import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
 from antiphon.tools.client import call_tool, call_tool_streaming
 from antiphon.tools.server import MANUAL_PATHS, ToolApp, ToolServer
 

@@ -17,7 +17,7 @@ handy in scripts, but they never reuse a connection.
 
 What one call does: ``${VAR}`` substitution in the template (``variables``, then the
 environment; the ``message`` is left alone), the frame text from
-:func:`~antiphon.proto.utcp_message.format_message` (errors surface before anything is
+:func:`~antiphon.proto.utcp.message.format_message` (errors surface before anything is
 dialled), an OAuth2 token if the template needs one (cached until it expires), the
 handshake (headers, auth, ``header_fields``, subprotocol; the URL re-checked just before
 dialling; a redirect is never followed), then the frame and the reply.
@@ -57,16 +57,14 @@ from typing import Any, Final
 
 import trio
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.engine import SessionConfig
+from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.engine.session import SessionConfig
 from antiphon.errors import (
     ConnectionClosed,
     LocalProtocolError,
     ToolCallError,
 )
-from antiphon.proto.urls import check_ws_url
-from antiphon.proto.utcp import OAuth2Auth, Tool, UtcpManual, WebSocketCallTemplate, substitute_variables
-from antiphon.proto.utcp_message import (
+from antiphon.proto.utcp.message import (
     DISCOVERY_REQUEST,
     Handshake,
     StreamEnd,
@@ -80,8 +78,22 @@ from antiphon.proto.utcp_message import (
     parse_discovery_reply,
     parse_response,
 )
+from antiphon.proto.utcp.templates import (
+    OAuth2Auth,
+    Tool,
+    UtcpManual,
+    WebSocketCallTemplate,
+    substitute_variables,
+)
+from antiphon.proto.utcp.urls import check_ws_url
 from antiphon.tools.oauth import TokenCache
-from antiphon.tools.pool import Opener, ToolConnection, ToolPool, open_handshake, run_connection
+from antiphon.tools.pool import (
+    Opener,
+    ToolConnection,
+    ToolPool,
+    open_handshake,
+    run_connection,
+)
 
 __all__ = [
     "ToolClient",

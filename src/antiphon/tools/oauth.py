@@ -5,13 +5,13 @@ Theory of operation
 :class:`TokenCache` hands out a bearer token per :func:`oauth2_cache_key` (token URL,
 client id, secret and scope, exactly UTCP's key), fetching one with
 :func:`fetch_oauth2_token` when it holds none or the one it holds is no longer fresh
-(``expires_in`` minus :data:`~antiphon.proto.utcp_oauth.OAUTH2_EXPIRY_MARGIN_S`). A lock per
+(``expires_in`` minus :data:`~antiphon.proto.utcp.oauth.OAUTH2_EXPIRY_MARGIN_S`). A lock per
 key makes concurrent first calls share one fetch. Times are ``trio.current_time()``.
 
 Why h11 and not an HTTP client library: the whole exchange is one POST and one small
 JSON answer, h11 is already installed (wsproto and trio-websocket are built on it), and
 doing it by hand makes the security rules plain to see: the secret goes only to the URL
-:func:`~antiphon.proto.urls.check_token_url` accepts (https, or http to loopback), and a
+:func:`~antiphon.proto.utcp.urls.check_token_url` accepts (https, or http to loopback), and a
 redirect is **never followed** - any 3xx is an error, so the secret cannot be bounced to
 another origin. The answer is capped at :data:`MAX_TOKEN_RESPONSE_BYTES`.
 
@@ -36,13 +36,13 @@ import h11
 import trio
 
 from antiphon.errors import HandshakeError, OperationTimeout
-from antiphon.proto.utcp import OAuth2Auth
-from antiphon.proto.utcp_oauth import (
+from antiphon.proto.utcp.oauth import (
     OAuth2Token,
     oauth2_cache_key,
     oauth2_token_request,
     parse_oauth2_token_response,
 )
+from antiphon.proto.utcp.templates import OAuth2Auth
 
 __all__ = ["MAX_TOKEN_RESPONSE_BYTES", "TokenCache", "fetch_oauth2_token"]
 

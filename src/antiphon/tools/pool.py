@@ -19,7 +19,7 @@ three rules, all enforced here:
    is a ``tool_error`` or does not parse as its format: nothing of it is left unread. (This is the bug utcp-websocket
    1.2.1 has: its timed-out socket stays pooled and call *n+1* returns call *n*'s reply.)
 
-The pool key is the whole :class:`~antiphon.proto.utcp_message.Handshake` (URL as dialled,
+The pool key is the whole :class:`~antiphon.proto.utcp.message.Handshake` (URL as dialled,
 headers in order, subprotocols): a connection is reused only by a call that would have
 opened exactly the same upgrade, so a different API key, bearer token or
 ``header_fields`` value never rides on someone else's connection. Two concurrent first
@@ -41,10 +41,10 @@ from typing import Final
 import trio
 import trio_websocket
 
-from antiphon.connect import open_client_websocket
-from antiphon.engine import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
+from antiphon.engine.connect import open_client_websocket
+from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
 from antiphon.errors import ClosedWithoutReply, ConnectionClosed, OperationTimeout
-from antiphon.proto.utcp_message import Handshake
+from antiphon.proto.utcp.message import Handshake
 
 __all__ = [
     "FRAME_BUFFER_SIZE",
@@ -78,7 +78,7 @@ stream (trio-websocket's ``wrap_client_stream``), so timing runs on the autojump
 def open_handshake(
     handshake: Handshake, connect_timeout_s: float, max_message_size: int
 ) -> AbstractAsyncContextManager[tuple[trio.Nursery, trio_websocket.WebSocketConnection]]:
-    """The default :data:`Opener`: :func:`~antiphon.connect.open_client_websocket` (no redirects)."""
+    """The default :data:`Opener`: :func:`~antiphon.engine.connect.open_client_websocket` (no redirects)."""
     return open_client_websocket(
         handshake.url,
         headers=handshake.headers,

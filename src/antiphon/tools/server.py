@@ -64,12 +64,30 @@ from urllib.parse import parse_qsl, quote, unquote
 import trio
 from attrs import define, field
 
-from antiphon.engine import CLOSE_POLICY_VIOLATION, Session, SessionConfig, SessionHandler
+from antiphon.engine.server import (
+    Accept,
+    HandshakeRequest,
+    Reject,
+    ServerConfig,
+    SessionServer,
+)
+from antiphon.engine.session import (
+    CLOSE_POLICY_VIOLATION,
+    Session,
+    SessionConfig,
+    SessionHandler,
+)
 from antiphon.errors import ConfigError, TemplateError
-from antiphon.proto.urls import check_ws_url
-from antiphon.proto.utcp import ApiKeyAuth, BasicAuth, Tool, UtcpManual, WebSocketCallTemplate, encode_manual
-from antiphon.proto.utcp_message import is_discovery_request
-from antiphon.server import Accept, HandshakeRequest, Reject, ServerConfig, SessionServer
+from antiphon.proto.utcp.message import is_discovery_request
+from antiphon.proto.utcp.templates import (
+    ApiKeyAuth,
+    BasicAuth,
+    Tool,
+    UtcpManual,
+    WebSocketCallTemplate,
+    encode_manual,
+)
+from antiphon.proto.utcp.urls import check_ws_url
 from antiphon.tools.schema import ArgumentError, ToolSpec, bind_arguments, tool_spec
 
 __all__ = ["MANUAL_PATHS", "TOOLS_PATH", "ToolApp", "ToolServer", "serve_tools"]

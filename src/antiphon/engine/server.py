@@ -26,12 +26,17 @@ import trio
 import trio_websocket
 from attrs import field, frozen
 
-from antiphon.engine import CLOSE_GOING_AWAY, Session, SessionConfig, SessionHandler
+from antiphon.engine.session import (
+    CLOSE_GOING_AWAY,
+    Session,
+    SessionConfig,
+    SessionHandler,
+)
 from antiphon.errors import ConfigError
 
 __all__ = ["Accept", "HandshakeRequest", "Reject", "Router", "ServerConfig", "SessionServer"]
 
-log = logging.getLogger("antiphon.server")
+log = logging.getLogger("antiphon.engine.server")
 
 MIB: Final = 1024 * 1024
 

@@ -58,7 +58,7 @@ from google.protobuf.message import DecodeError as _PbDecodeError
 
 from antiphon.errors import DecodeError, LocalProtocolError
 from antiphon.proto._codec import dumps, expect_object, loads, make_converter, structure
-from antiphon.proto.frames import (
+from antiphon.proto.media.frames import (
     MEDIA_FRAME_TYPES,
     AudioRawFrame,
     FrameStamper,
@@ -68,8 +68,8 @@ from antiphon.proto.frames import (
     TextFrame,
     TranscriptionFrame,
 )
-from antiphon.proto.media_pb import FRAME_ONEOF, FramePb
-from antiphon.proto.wav import add_wav_header, has_wav_magic, strip_wav_header
+from antiphon.proto.media.schema import FRAME_ONEOF, FramePb
+from antiphon.proto.media.wav import add_wav_header, has_wav_magic, strip_wav_header
 
 __all__ = [
     "DecodeStats",

@@ -12,9 +12,15 @@ import trio
 import trio.testing
 from wsproto.events import TextMessage
 
-from antiphon.engine import Session, SessionConfig, SessionHandler
+from antiphon.engine.server import (
+    Accept,
+    HandshakeRequest,
+    Reject,
+    ServerConfig,
+    SessionServer,
+)
+from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
-from antiphon.server import Accept, HandshakeRequest, Reject, ServerConfig, SessionServer
 from tests.helpers import RawClient
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from antiphon.errors import ConfigError
-from antiphon.proto.pacing import AudioChunker, AudioPacer, PacerConfig
+from antiphon.proto.media.pacing import AudioChunker, AudioPacer, PacerConfig
 
 MONO_16K_CHUNK = 1280  # 40 ms * 16000 Hz * 1 channel * 2 bytes
 STEREO_48K_CHUNK = 7680  # 40 ms * 48000 Hz * 2 channels * 2 bytes

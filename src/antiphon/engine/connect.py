@@ -15,8 +15,13 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from antiphon._util import open_nursery_unwrapped
-from antiphon.errors import ConfigError, HandshakeError, HandshakeRejected, OperationTimeout
+from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.errors import (
+    ConfigError,
+    HandshakeError,
+    HandshakeRejected,
+    OperationTimeout,
+)
 
 __all__ = ["connect_websocket", "open_client_websocket"]
 

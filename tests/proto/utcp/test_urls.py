@@ -6,7 +6,12 @@ import pytest
 from utcp_websocket._security import is_secure_ws_url
 
 from antiphon.errors import ConfigError, TemplateError
-from antiphon.proto.urls import check_token_url, check_ws_url, is_loopback_host, is_loopback_url
+from antiphon.proto.utcp.urls import (
+    check_token_url,
+    check_ws_url,
+    is_loopback_host,
+    is_loopback_url,
+)
 
 ACCEPTED = [
     "wss://api.example.com/socket",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from antiphon.errors import ConfigError, LocalProtocolError
-from antiphon.proto.chat import (
+from antiphon.proto.chat.messages import (
     Ack,
     CloseCode,
     Connected,
@@ -22,8 +22,8 @@ from antiphon.proto.chat import (
     TokenUsage,
     TurnStatus,
 )
-from antiphon.proto.chat_run import ChatRun
-from antiphon.proto.chat_session import (
+from antiphon.proto.chat.run import ChatRun
+from antiphon.proto.chat.session import (
     Accept,
     CancelTurn,
     ChatSession,
@@ -448,7 +448,7 @@ def test_resume_of_an_unknown_run_is_an_error() -> None:
 
 def test_a_reply_past_max_reply_chars_is_refused() -> None:
     """A chunk that would take the reply past max_reply_chars raises ReplyTooLong and is not kept."""
-    from antiphon.proto.chat_run import ReplyTooLong
+    from antiphon.proto.chat.run import ReplyTooLong
 
     run = ChatRun("r", max_reply_chars=10)
     [req] = turns(ChatSession(ChatSettings(secret=SECRET), run, authenticated=True).receive(msg(id="t")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from antiphon.proto.frames import (
+from antiphon.proto.media.frames import (
     AudioRawFrame,
     FrameStamper,
     InterruptionFrame,

@@ -11,7 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from utcp.data.auth_implementations.oauth2_auth import OAuth2Auth as UtcpOAuth2Auth
-from utcp_websocket import WebSocketCallTemplateSerializer, WebSocketCommunicationProtocol
+from utcp_websocket import (
+    WebSocketCallTemplateSerializer,
+    WebSocketCommunicationProtocol,
+)
 
 from antiphon.errors import (
     DecodeError,
@@ -21,15 +24,7 @@ from antiphon.errors import (
     ResponseFormatError,
     TemplateError,
 )
-from antiphon.proto.utcp import (
-    ApiKeyAuth,
-    BasicAuth,
-    OAuth2Auth,
-    WebSocketCallTemplate,
-    decode_manual,
-    encode_call_template,
-)
-from antiphon.proto.utcp_message import (
+from antiphon.proto.utcp.message import (
     DISCOVERY_REQUEST,
     Handshake,
     OAuth2Token,
@@ -47,6 +42,14 @@ from antiphon.proto.utcp_message import (
     parse_discovery_reply,
     parse_oauth2_token_response,
     parse_response,
+)
+from antiphon.proto.utcp.templates import (
+    ApiKeyAuth,
+    BasicAuth,
+    OAuth2Auth,
+    WebSocketCallTemplate,
+    decode_manual,
+    encode_call_template,
 )
 
 INJECTION = '", "isAdmin": true, "x": "'

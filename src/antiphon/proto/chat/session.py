@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A :class:`ChatSession` is one connection's side of the protocol, with no I/O and no
-clock; the conversation itself is a :class:`~antiphon.proto.chat_run.ChatRun`, which
+clock; the conversation itself is a :class:`~antiphon.proto.chat.run.ChatRun`, which
 outlives connections. The Trio layer feeds the session what happened and carries out
 what it answers:
 
@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, urlsplit
 from attrs import frozen
 
 from antiphon.errors import ConfigError, DecodeError
-from antiphon.proto.chat import (
+from antiphon.proto.chat.messages import (
     Ack,
     Auth,
     Cancel,
@@ -59,7 +59,7 @@ from antiphon.proto.chat import (
     UserMessage,
     decode_client_message,
 )
-from antiphon.proto.chat_run import (
+from antiphon.proto.chat.run import (
     CHARS_PER_TOKEN,
     REPLAY_MAX_BYTES,
     ChatRun,

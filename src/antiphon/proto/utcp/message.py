@@ -8,7 +8,7 @@ builds, then read frames and interpret them with :func:`parse_response` (a plain
 or :func:`interpret_stream_frame` (a streaming call). Discovery sends
 :data:`DISCOVERY_REQUEST` and waits for a frame :func:`parse_discovery_reply` accepts.
 OAuth2 client credentials are fetched by the caller with the request
-:func:`oauth2_token_request` describes (from :mod:`antiphon.proto.utcp_oauth`, re-exported
+:func:`oauth2_token_request` describes (from :mod:`antiphon.proto.utcp.oauth`, re-exported
 here). Nothing here does I/O or keeps time: the Trio
 client moves the bytes and passes in ``now_s``.
 
@@ -83,8 +83,15 @@ from antiphon.errors import (
     ResponseFormatError,
     TemplateError,
 )
-from antiphon.proto.urls import check_ws_url, is_loopback_url
-from antiphon.proto.utcp import (
+from antiphon.proto.utcp.oauth import (
+    OAUTH2_EXPIRY_MARGIN_S,
+    OAuth2Token,
+    TokenRequest,
+    oauth2_cache_key,
+    oauth2_token_request,
+    parse_oauth2_token_response,
+)
+from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
     BasicAuth,
     OAuth2Auth,
@@ -93,14 +100,7 @@ from antiphon.proto.utcp import (
     WebSocketCallTemplate,
     decode_manual,
 )
-from antiphon.proto.utcp_oauth import (
-    OAUTH2_EXPIRY_MARGIN_S,
-    OAuth2Token,
-    TokenRequest,
-    oauth2_cache_key,
-    oauth2_token_request,
-    parse_oauth2_token_response,
-)
+from antiphon.proto.utcp.urls import check_ws_url, is_loopback_url
 
 __all__ = [
     "DISCOVERY_REQUEST",

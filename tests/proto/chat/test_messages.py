@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from antiphon.errors import DecodeError
-from antiphon.proto.chat import (
+from antiphon.proto.chat.messages import (
     Ack,
     Auth,
     Cancel,

@@ -52,8 +52,15 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from antiphon.errors import TemplateError, VariableNotFound
-from antiphon.proto._codec import JSONValue, _describe, expect_object, loads, make_converter, structure
-from antiphon.proto.urls import check_ws_url
+from antiphon.proto._codec import (
+    JSONValue,
+    _describe,
+    expect_object,
+    loads,
+    make_converter,
+    structure,
+)
+from antiphon.proto.utcp.urls import check_ws_url
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

@@ -11,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from antiphon.errors import LocalProtocolError
-from antiphon.proto.wav import WAV_HEADER_BYTES, WavAudio, add_wav_header, strip_wav_header
+from antiphon.proto.media.wav import (
+    WAV_HEADER_BYTES,
+    WavAudio,
+    add_wav_header,
+    strip_wav_header,
+)
 
 
 def _stdlib_wav(pcm: bytes, sample_rate: int, num_channels: int, sample_width: int = 2) -> bytes:

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from antiphon.errors import DecodeError, LocalProtocolError
-from antiphon.proto import media_pb
-from antiphon.proto.frames import (
+from antiphon.proto.media import schema as media_pb
+from antiphon.proto.media.frames import (
     AudioRawFrame,
     InterruptionFrame,
     MediaFrame,
@@ -22,8 +22,12 @@ from antiphon.proto.frames import (
     TextFrame,
     TranscriptionFrame,
 )
-from antiphon.proto.serializers import JsonFrameSerializer, ProtobufFrameSerializer, SkipReason
-from antiphon.proto.wav import add_wav_header
+from antiphon.proto.media.serializers import (
+    JsonFrameSerializer,
+    ProtobufFrameSerializer,
+    SkipReason,
+)
+from antiphon.proto.media.wav import add_wav_header
 
 # ---------------------------------------------------------------- an independent peer
 

@@ -18,7 +18,7 @@ connection:
   whether that is complete.
 
 Connection matters (authentication, timers, which frame is refused and why) belong to
-:class:`~antiphon.proto.chat_session.ChatSession`, which hands accepted messages here.
+:class:`~antiphon.proto.chat.session.ChatSession`, which hands accepted messages here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Final
 from attrs import define, frozen
 
 from antiphon.errors import LocalProtocolError
-from antiphon.proto.chat import (
+from antiphon.proto.chat.messages import (
     Ack,
     ErrorCode,
     ErrorEvent,

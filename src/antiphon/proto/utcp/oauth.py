@@ -23,8 +23,8 @@ from urllib.parse import urlencode
 from attrs import frozen
 
 from antiphon.errors import DecodeError
-from antiphon.proto.urls import check_token_url
-from antiphon.proto.utcp import OAuth2Auth
+from antiphon.proto.utcp.templates import OAuth2Auth
+from antiphon.proto.utcp.urls import check_token_url
 
 __all__ = [
     "OAUTH2_EXPIRY_MARGIN_S",

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 PACKAGE: Final = "pipecat"
-FILE_NAME: Final = "antiphon/proto/frames.proto"  # must differ from pipecat's own file name
+FILE_NAME: Final = "antiphon/proto/media/frames.proto"  # must differ from pipecat's own file name
 FRAME_ONEOF: Final = "frame"
 
 _F = descriptor_pb2.FieldDescriptorProto

@@ -14,7 +14,7 @@ from utcp_websocket import WebSocketCallTemplate as UtcpWebSocketCallTemplate
 from utcp_websocket import WebSocketCallTemplateSerializer
 
 from antiphon.errors import ConfigError, DecodeError, TemplateError, VariableNotFound
-from antiphon.proto.utcp import (
+from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
     BasicAuth,
     OAuth2Auth,
