@@ -34,7 +34,7 @@ from attrs import frozen
 
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
-from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
+from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import (
     ChatError,
     ConnectionClosed,
@@ -64,6 +64,7 @@ from antiphon.proto.chat.messages import (
     decode_server_frame,
     encode_client_message,
 )
+from antiphon.proto.close import CloseCode
 
 __all__ = ["ChatClient", "ReconnectPolicy", "Reply", "open_chat"]
 
@@ -72,7 +73,9 @@ log = logging.getLogger("antiphon.chat.client")
 EVENT_BUFFER_SIZE: Final = 1024
 """Events held for the application before the client stops reading (TCP then slows the server)."""
 
-RECONNECT_CODES: Final = frozenset({1006, 1011, 1012, 1013, 1014})
+RECONNECT_CODES: Final = frozenset(
+    {CloseCode.ABNORMAL, CloseCode.INTERNAL_ERROR, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.BAD_GATEWAY}
+)
 """Close codes after which the client reconnects and resumes: the connection was lost, not ended."""
 
 
@@ -207,7 +210,7 @@ class ChatClient:
                 await session.send(text)
                 return
             if self._closing or self.close_code is not None:
-                raise ConnectionClosed(self.close_code or 1006, self.close_reason)
+                raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason)
             await self._live.wait()
 
     # ------------------------------------------------------------------ receiving
@@ -283,7 +286,7 @@ class ChatClient:
         try:
             return await self._events.receive()
         except trio.EndOfChannel:
-            raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason) from None
 
     async def _deliver(self, event: ServerEvent, seq: int | None) -> None:
         # Exactly once: numbered events by seq, re-acks (unnumbered) by id.
@@ -305,7 +308,7 @@ class ChatClient:
         self._closing = True
         session = self._session
         if session is not None:
-            session.close(CLOSE_NORMAL, "client closed")
+            session.close(CloseCode.NORMAL, "client closed")
             await session.done.wait()
         self._live.set()  # wake senders waiting for a reconnect; they see _closing
 
@@ -324,7 +327,7 @@ class ChatClient:
                     if isinstance(exc, HandshakeRejected):
                         # Refused outright (a changed secret, a path gone): retrying won't help.
                         log.warning("reconnect refused: %s", exc)
-                        self.close_code, self.close_reason = 1006, str(exc)
+                        self.close_code, self.close_reason = CloseCode.ABNORMAL, str(exc)
                         return
                     log.info("reconnect attempt %d failed: %s", attempt, exc)
                 if self._closing:
@@ -362,7 +365,7 @@ class ChatClient:
             finally:
                 self._live = trio.Event() if not self._closing else self._live
                 with trio.CancelScope(shield=True):
-                    session.close(CLOSE_NORMAL, "client closed")
+                    session.close(CloseCode.NORMAL, "client closed")
                     await session.done.wait()
             return session
 
@@ -386,8 +389,8 @@ class ChatClient:
             # The run is gone (expired, or the server restarted): the conversation is over.
             await self._events_in.send(answer)
             self._closing = True
-            session.close(CLOSE_NORMAL, "run not resumable")
-            raise ConnectionClosed(1000, "run not resumable")
+            session.close(CloseCode.NORMAL, "run not resumable")
+            raise ConnectionClosed(CloseCode.NORMAL, "run not resumable")
         assert isinstance(answer, Resumed)
         await self._events_in.send(answer)
         for text in list(self._unacked.values()):
@@ -397,7 +400,7 @@ class ChatClient:
         try:
             event = await handler.handshake_out.receive()
         except trio.EndOfChannel:
-            raise ConnectionClosed(session.close_code or 1006, session.close_reason) from None
+            raise ConnectionClosed(session.close_code or CloseCode.ABNORMAL, session.close_reason) from None
         if isinstance(event, ErrorEvent):
             if handler.handshaking and event.code == ErrorCode.UNKNOWN_RUN:
                 return event

@@ -26,7 +26,6 @@ from antiphon.engine.server import HandshakeRequest, Reject, ServerConfig, Sessi
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
 from antiphon.proto.chat.messages import (
-    CloseCode,
     ErrorCode,
     ErrorEvent,
     ServerEvent,
@@ -45,6 +44,7 @@ from antiphon.proto.chat.session import (
     SetTimer,
     check_handshake_secret,
 )
+from antiphon.proto.close import CloseCode
 
 __all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
 
@@ -105,7 +105,7 @@ class ChatSessionHandler(SessionHandler):
 
     def on_close(self, session: Session) -> None:
         self.session = None
-        self.run.detach(self, code=session.close_code or 1006, by_peer=session.closed_by_peer)
+        self.run.detach(self, code=session.close_code or CloseCode.ABNORMAL, by_peer=session.closed_by_peer)
         log.debug("session %s closed: %s %s", session.id, session.close_code, session.close_reason)
 
     # ------------------------------------------------------------------ RunHolder
@@ -145,7 +145,7 @@ class ChatSessionHandler(SessionHandler):
             self._apply(self.chat.resume_failed(run_id))
             return
         fresh, self.run = self.run, target
-        fresh.detach(self, code=1000, by_peer=True)  # the run made for this connection is unused
+        fresh.detach(self, code=CloseCode.NORMAL, by_peer=True)  # the run made for this connection is unused
         target.claim(self)  # events are only logged until the replay has caught up
         replay, actions = self.chat.attach(target.state, last_seq)
         self._apply(actions)

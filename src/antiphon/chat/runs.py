@@ -47,6 +47,7 @@ from antiphon.proto.chat.messages import (
     encode_event,
 )
 from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
+from antiphon.proto.close import CloseCode
 
 if TYPE_CHECKING:
     from antiphon.proto.chat.session import ChatSettings
@@ -59,7 +60,18 @@ STORE_TIMEOUT_S: Final = 10.0
 """How long storing a cancelled turn's partial reply may take while its run is ending."""
 
 # Close codes with which the *server* ends a session on purpose: the run ends with it.
-_FINAL_SERVER_CODES: Final = frozenset({1000, 1001, 1009, 4401, 4408, 4409, 4410, 4429})
+_FINAL_SERVER_CODES: Final = frozenset(
+    {
+        CloseCode.NORMAL,
+        CloseCode.GOING_AWAY,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.AUTH_FAILED,
+        CloseCode.AUTH_TIMEOUT,
+        CloseCode.RESUMED_ELSEWHERE,
+        CloseCode.SESSION_EXPIRED,
+        CloseCode.MESSAGE_LIMIT,
+    }
+)
 
 
 class RunHolder(Protocol):
@@ -144,7 +156,7 @@ class LiveRun:
         previous, self.holder, self.claimant = self.holder, None, holder
         self._reattached.set()
         if previous is not None and previous is not holder:
-            previous.run_lost(4409, "the session was resumed on another connection")
+            previous.run_lost(CloseCode.RESUMED_ELSEWHERE, "the session was resumed on another connection")
 
     def attach(self, holder: RunHolder) -> None:
         """Make ``holder`` the connection that receives this run's events live."""
@@ -159,7 +171,7 @@ class LiveRun:
             self.claimant = None
         else:
             return
-        lost_in_transit = (by_peer and code != 1000) or (not by_peer and code not in _FINAL_SERVER_CODES)
+        lost_in_transit = (by_peer and code != CloseCode.NORMAL) or (not by_peer and code not in _FINAL_SERVER_CODES)
         if not lost_in_transit or self.settings.resume_grace_s <= 0:
             self.end()
             return

@@ -27,12 +27,12 @@ import trio_websocket
 from attrs import field, frozen
 
 from antiphon.engine.session import (
-    CLOSE_GOING_AWAY,
     Session,
     SessionConfig,
     SessionHandler,
 )
 from antiphon.errors import ConfigError
+from antiphon.proto.close import CloseCode
 
 __all__ = ["Accept", "HandshakeRequest", "Reject", "Router", "ServerConfig", "SessionServer"]
 
@@ -210,7 +210,7 @@ class SessionServer:
         with trio.move_on_after(grace):
             await self._idle.wait()
         for session in list(self.sessions):
-            session.close(CLOSE_GOING_AWAY, "server shutdown", flush=False)
+            session.close(CloseCode.GOING_AWAY, "server shutdown", flush=False)
         with trio.move_on_after(self.session_config.close_timeout_s + 1):
             await self._idle.wait()
         if self._handler_scope is not None:

@@ -55,16 +55,12 @@ from wsproto.events import BytesMessage, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from antiphon.errors import ConfigError
+from antiphon.proto.close import CloseCode
 
 __all__ = ["Session", "SessionConfig", "SessionHandler"]
 
 log = logging.getLogger("antiphon.session")
 
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY_VIOLATION: Final = 1008
-CLOSE_INTERNAL_ERROR: Final = 1011
-CLOSE_ABNORMAL: Final = 1006
 
 
 @frozen(kw_only=True)
@@ -101,7 +97,7 @@ class SessionHandler:
 
     def on_shutdown(self, session: Session) -> None:
         """The server is stopping gracefully; by default the session closes with 1001."""
-        session.close(CLOSE_GOING_AWAY, "server shutdown")
+        session.close(CloseCode.GOING_AWAY, "server shutdown")
 
     def on_close(self, session: Session) -> None:
         """The session is over (called exactly once); ``session.close_code`` says how."""
@@ -192,7 +188,7 @@ class Session:
             return False
         if len(self._queue) >= self._hard_limit:
             log.warning("session %s: send queue full, closing slow consumer", self.id)
-            self.close(CLOSE_POLICY_VIOLATION, "send queue full: the client is not reading", flush=False)
+            self.close(CloseCode.POLICY_VIOLATION, "send queue full: the client is not reading", flush=False)
             return False
         self._queue.append(message)
         self._queue_ready.unpark()
@@ -213,7 +209,7 @@ class Session:
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, flush: bool = True) -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, flush: bool = True) -> None:
         """Close the session with ``code``; idempotent, returns at once.
 
         With ``flush`` the messages already queued go out before the close frame.
@@ -241,7 +237,7 @@ class Session:
                 self._handler.on_shutdown(self)
             except Exception:
                 log.exception("session %s: on_shutdown failed", self.id)
-                self.close(CLOSE_GOING_AWAY, "server shutdown", flush=False)
+                self.close(CloseCode.GOING_AWAY, "server shutdown", flush=False)
 
     async def run(self, handler: SessionHandler) -> None:
         """Supervise the session until it is over; never raises for a session's own failure."""
@@ -259,14 +255,14 @@ class Session:
         except Exception:
             log.exception("session %s: internal error", self.id)
             self._closing = True
-            self.close_code, self.close_reason = CLOSE_INTERNAL_ERROR, "internal error"
+            self.close_code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
         finally:
             self._closing = True
             self._queue.clear()
             self._queue_room.unpark_all()
             if self.close_code is None:
                 # Cancelled from outside: the server is going away.
-                self.close_code, self.close_reason = CLOSE_GOING_AWAY, "server shutdown"
+                self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
             await self._close_ws(self.close_code, self.close_reason or "")
             try:
                 handler.on_close(self)
@@ -336,7 +332,7 @@ class Session:
                     return
             if scope.cancelled_caught:
                 log.info("session %s: no pong within %gs, closing", self.id, timeout)
-                self.close(CLOSE_INTERNAL_ERROR, "keepalive ping timeout", flush=False)
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", flush=False)
                 return
 
     async def _timer_task(self) -> None:
@@ -362,7 +358,7 @@ class Session:
         if not self._closing:
             self._closing = True
             self.closed_by_peer = True
-            self.close_code = reason.code if reason is not None else CLOSE_ABNORMAL
+            self.close_code = reason.code if reason is not None else CloseCode.ABNORMAL
             self.close_reason = (reason.reason if reason is not None else None) or ""
         self._cancel()
 

@@ -63,7 +63,7 @@ from attrs import field, frozen
 
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.connect import open_client_websocket
-from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig
+from antiphon.engine.session import Session, SessionConfig
 from antiphon.errors import (
     ConfigError,
     HandshakeError,
@@ -82,6 +82,7 @@ from antiphon.media.connection import (
 )
 from antiphon.media.output import MediaOutput, OutputConfig
 from antiphon.media.server import INPUT_BUFFER_FRAMES, MIB, OUTPUT_BUFFER_FRAMES
+from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import MediaFrame
 from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
 from antiphon.proto.media.serializers import FrameSerializer
@@ -227,7 +228,7 @@ class WebsocketClientTransport:
         if self._backoff_scope is not None:
             self._backoff_scope.cancel()
         if self._session is not None:
-            self._session.close(CLOSE_NORMAL, "client disconnect")
+            self._session.close(CloseCode.NORMAL, "client disconnect")
         await self._loop_done.wait()
 
     async def send(self, frame: MediaFrame) -> bool:
@@ -330,7 +331,7 @@ class WebsocketClientTransport:
                     if isinstance(exc, HandshakeRejected) and exc.status_code < 500:
                         log.error("giving up: the server refused the upgrade with HTTP %d", exc.status_code)
                         return
-                if not (self.params.reconnect and self._wanted) or code == CLOSE_NORMAL:
+                if not (self.params.reconnect and self._wanted) or code == CloseCode.NORMAL:
                     return
                 attempt += 1
                 if attempt > self.params.reconnect_max_attempts:

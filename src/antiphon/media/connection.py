@@ -34,8 +34,9 @@ from typing import Any, Final, TypeVar
 import trio
 from attrs import define, field
 
-from antiphon.engine.session import CLOSE_NORMAL, Session, SessionHandler
+from antiphon.engine.session import Session, SessionHandler
 from antiphon.errors import ConfigError, LocalProtocolError
+from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import MediaFrame
 from antiphon.proto.media.serializers import FrameSerializer, ProtobufFrameSerializer
 
@@ -149,7 +150,7 @@ class MediaConnection:
         key = name.lower().encode()
         return next((v.decode("latin-1") for k, v in self.headers if k.lower() == key), None)
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection (idempotent, returns at once); queued messages go out first."""
         self.session.close(code, reason)
 

@@ -42,9 +42,10 @@ from typing import Final
 import trio
 from attrs import frozen
 
-from antiphon.engine.session import CLOSE_GOING_AWAY, Session
+from antiphon.engine.session import Session
 from antiphon.errors import LocalProtocolError
 from antiphon.media.connection import MediaStats
+from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import AudioRawFrame, InterruptionFrame, MediaFrame
 from antiphon.proto.media.pacing import AudioPacer, PacerConfig
 from antiphon.proto.media.serializers import FrameSerializer
@@ -149,7 +150,7 @@ class MediaOutput:
                         break
                     await self._send_audio(chunk, fmt)
             if self._ending and self._drained() and now >= self._playout_end():
-                self._session.close(CLOSE_GOING_AWAY, "server shutdown")
+                self._session.close(CloseCode.GOING_AWAY, "server shutdown")
                 return
 
     def _wake_at(self) -> float:

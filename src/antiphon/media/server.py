@@ -74,7 +74,7 @@ from antiphon.engine.server import (
     ServerConfig,
     SessionServer,
 )
-from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig
+from antiphon.engine.session import Session, SessionConfig
 from antiphon.errors import ConfigError, LocalProtocolError
 from antiphon.media.connection import (
     EventDispatcher,
@@ -86,6 +86,7 @@ from antiphon.media.connection import (
     serializer_factory,
 )
 from antiphon.media.output import MediaOutput, OutputConfig
+from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import MediaFrame
 from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
 from antiphon.proto.media.serializers import FrameSerializer
@@ -95,7 +96,6 @@ __all__ = ["SERVER_EVENTS", "WebsocketServerParams", "WebsocketServerTransport"]
 log = logging.getLogger("antiphon.media.server")
 
 SERVER_EVENTS: Final = ("on_websocket_ready", "on_client_connected", "on_client_disconnected", "on_session_timeout")
-CLOSE_TRY_AGAIN_LATER: Final = 1013
 """Close code for a newcomer while a client is connected: Pipecat's, and RFC 6455's "try again later"."""
 MIB: Final = 1024 * 1024
 INPUT_BUFFER_FRAMES: Final = 1024
@@ -305,10 +305,10 @@ class WebsocketServerTransport:
                 handler.rejected = True
                 self.stats.add("rejected_clients")
                 log.warning("closing newcomer %s with 1013: client %s is connected", conn.remote, current.connection.id[:8])
-                conn.session.close(CLOSE_TRY_AGAIN_LATER, "Server already has a connected client")
+                conn.session.close(CloseCode.TRY_AGAIN_LATER, "Server already has a connected client")
                 return
             log.info("client %s replaces client %s", conn.remote, current.connection.id[:8])
-            current.connection.session.close(CLOSE_NORMAL, "replaced by a new client", flush=False)
+            current.connection.session.close(CloseCode.NORMAL, "replaced by a new client", flush=False)
         # Decided: this newcomer is the client. No checkpoint above this line.
         self._client = handler
         if self.params.session_timeout is not None:

@@ -64,6 +64,7 @@ from antiphon.errors import (
     LocalProtocolError,
     ToolCallError,
 )
+from antiphon.proto.close import CloseCode
 from antiphon.proto.utcp.message import (
     DISCOVERY_REQUEST,
     Handshake,
@@ -108,7 +109,7 @@ log = logging.getLogger("antiphon.tools")
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 """Largest reply frame accepted: aiohttp's default, which utcp-websocket servers are used to."""
 
-_NORMAL_CLOSES: Final = frozenset({1000, 1001})
+_NORMAL_CLOSES: Final = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 """Close codes that end a stream normally after it produced frames (go-utcp reads until close)."""
 
 _NON_WORD: Final = re.compile(r"[^\w]")
@@ -302,7 +303,7 @@ class ToolClient:
             frame = await conn.receive(template.timeout, what, replied=got_frame)
             if frame is None:
                 session = conn.session
-                code = session.close_code if session is not None and session.close_code is not None else 1006
+                code = session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
                 conn.end()
                 if code in _NORMAL_CLOSES:
                     return

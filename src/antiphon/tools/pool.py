@@ -42,8 +42,9 @@ import trio
 import trio_websocket
 
 from antiphon.engine.connect import open_client_websocket
-from antiphon.engine.session import CLOSE_NORMAL, Session, SessionConfig, SessionHandler
+from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import ClosedWithoutReply, ConnectionClosed, OperationTimeout
+from antiphon.proto.close import CloseCode
 from antiphon.proto.utcp.message import Handshake
 
 __all__ = [
@@ -133,7 +134,7 @@ class ToolConnection(SessionHandler):
         session = self.session
         assert session is not None
         if session.closing:
-            raise ConnectionClosed(session.close_code or 1006, session.close_reason)
+            raise ConnectionClosed(session.close_code or CloseCode.ABNORMAL, session.close_reason)
         await session.send(message)
 
     @property
@@ -156,7 +157,7 @@ class ToolConnection(SessionHandler):
                     tag, frame = await self._frames_out.receive()
                 except trio.EndOfChannel:
                     session = self.session
-                    code = session.close_code if session and session.close_code is not None else 1006
+                    code = session.close_code if session and session.close_code is not None else CloseCode.ABNORMAL
                     reason = session.close_reason if session else None
                     if replied:
                         return None
@@ -172,7 +173,7 @@ class ToolConnection(SessionHandler):
         """Close the connection (1000, ``reason``); whatever is still on its way is never read."""
         self._active = False
         if self.session is not None:
-            self.session.close(CLOSE_NORMAL, reason)
+            self.session.close(CloseCode.NORMAL, reason)
 
 
 async def run_connection(

@@ -72,12 +72,12 @@ from antiphon.engine.server import (
     SessionServer,
 )
 from antiphon.engine.session import (
-    CLOSE_POLICY_VIOLATION,
     Session,
     SessionConfig,
     SessionHandler,
 )
 from antiphon.errors import ConfigError, TemplateError
+from antiphon.proto.close import CloseCode
 from antiphon.proto.utcp.message import is_discovery_request
 from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
@@ -265,7 +265,7 @@ class _ToolSession(SessionHandler):
             self._calls_in.send_nowait(message)
         except trio.WouldBlock:
             log.warning("session %s: more than %d calls queued, closing", session.id, self.app.max_queued_calls)
-            session.close(CLOSE_POLICY_VIOLATION, "too many calls queued")
+            session.close(CloseCode.POLICY_VIOLATION, "too many calls queued")
 
     def on_close(self, session: Session) -> None:
         self._calls_in.close()

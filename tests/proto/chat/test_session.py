@@ -10,7 +10,6 @@ import pytest
 from antiphon.errors import ConfigError, LocalProtocolError
 from antiphon.proto.chat.messages import (
     Ack,
-    CloseCode,
     Connected,
     ErrorEvent,
     Pong,
@@ -39,6 +38,7 @@ from antiphon.proto.chat.session import (
     check_handshake_secret,
     estimate_tokens,
 )
+from antiphon.proto.close import CloseCode
 
 SECRET = "s3cret"
 

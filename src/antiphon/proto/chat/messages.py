@@ -48,7 +48,6 @@ __all__ = [
     "Auth",
     "Cancel",
     "ClientMessage",
-    "CloseCode",
     "Connected",
     "ErrorCode",
     "ErrorEvent",
@@ -70,26 +69,6 @@ __all__ = [
     "encode_client_message",
     "encode_event",
 ]
-
-
-class CloseCode(enum.IntEnum):
-    """WebSocket close codes the gateway uses, one per reason a session ends.
-
-    Standard codes where one fits; otherwise ``4000 + the HTTP status`` of the same
-    meaning, the convention graphql-ws made familiar (4401, 4408, 4429).
-    """
-
-    NORMAL = 1000
-    SERVER_SHUTDOWN = 1001
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVER_FULL = 1013
-    AUTH_FAILED = 4401
-    AUTH_TIMEOUT = 4408
-    SESSION_EXPIRED = 4410
-    RESUMED_ELSEWHERE = 4409
-    MESSAGE_LIMIT = 4429
 
 
 class ErrorCode(enum.StrEnum):

@@ -46,7 +46,6 @@ from antiphon.proto.chat.messages import (
     Ack,
     Auth,
     Cancel,
-    CloseCode,
     Connected,
     ErrorCode,
     ErrorEvent,
@@ -68,6 +67,7 @@ from antiphon.proto.chat.run import (
     TurnRequest,
     estimate_tokens,
 )
+from antiphon.proto.close import CloseCode
 
 __all__ = [
     "CHARS_PER_TOKEN",
