@@ -13,9 +13,12 @@
     │       ├── DecodeError (ValueError)   a message did not decode; ``path`` locates it
     │       └── ResponseFormatError    a tool reply does not parse as its template says
     ├── TransportError                 the connection itself failed
+    │   ├── ListenError (OSError)      a server cannot listen on its address (in use, no permission)
     │   ├── HandshakeError             the WebSocket upgrade failed
     │   │   └── HandshakeRejected      the server answered with an HTTP status
     │   └── ConnectionClosed           the connection closed; carries ``code``, ``reason``
+    │       ├── ConnectionClosedOK     ... with 1000 or 1001 (a normal end)
+    │       ├── ConnectionClosedError  ... with any other code, or without a close frame (1006)
     │       └── ClosedWithoutReply     a tool server closed before it replied
     ├── OperationTimeout (TimeoutError)   a deadline passed (Trio's TooSlowError, translated)
     └── RemoteError                    the peer reported a failure in-protocol
@@ -25,7 +28,7 @@
 Errors split by who is at fault, as in h11 and wsproto: ``LocalProtocolError`` means
 the code calling antiphon did something wrong; ``RemoteProtocolError`` means the other
 end did, and says which WebSocket close code fits. Trio's own exceptions
-(``trio.TooSlowError``, ``trio_websocket.ConnectionClosed`` and friends) never cross a
+(``trio.TooSlowError``, ``trio.BrokenResourceError``) and websockets' never cross a
 public boundary: they are translated into the classes above.
 """
 
@@ -37,9 +40,12 @@ __all__ = [
     "ClosedWithoutReply",
     "ConfigError",
     "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
     "DecodeError",
     "HandshakeError",
     "HandshakeRejected",
+    "ListenError",
     "LocalProtocolError",
     "OperationTimeout",
     "PlaceholderError",
@@ -133,6 +139,17 @@ class TransportError(AntiphonError):
     """The WebSocket connection failed, or is gone."""
 
 
+class ListenError(TransportError, OSError):
+    """A server cannot listen on its address; the message names it (``cannot listen on host:port: ...``)."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        TransportError.__init__(self, message)
+        self.errno = errno  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class HandshakeError(TransportError):
     """The WebSocket opening handshake failed (refused, redirected, timed out, bad URL)."""
 
@@ -152,6 +169,20 @@ class ConnectionClosed(TransportError):
         super().__init__(message or f"connection closed with code {code}" + (f" ({reason})" if reason else ""))
         self.code = code
         self.reason = reason
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection ended normally: 1000 (done) or 1001 (going away)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection ended with an error code, or without a close frame (1006)."""
+
+
+def connection_closed(code: int, reason: str | None = None, message: str | None = None) -> ConnectionClosed:
+    """The :class:`ConnectionClosed` subclass that fits ``code``."""
+    kind = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+    return kind(code, reason, message)
 
 
 class ClosedWithoutReply(ConnectionClosed):

@@ -41,14 +41,14 @@ async def test_library_client_resumes_by_itself_and_delivers_each_event_once() -
         while not any(isinstance(e, StreamChunk) for e in seen):
             seen.append(await chat.receive())
         # The network goes: the client's TCP stream is cut, no close frame either way.
-        await trio.aclose_forcefully(chat._session.ws._stream)  # type: ignore[union-attr]
+        await chat._session.wire.aclose()  # type: ignore[union-attr]  # the TCP connection drops, no close frame
         release.set()
         with trio.fail_after(10):
             while not isinstance(seen[-1], StreamEnd):
                 seen.append(await chat.receive())
         assert chat.session_id == run_id
         resumed = [e for e in seen if isinstance(e, Resumed)]
-        assert len(resumed) == 1 and resumed[0].complete and resumed[0].connector_run_id == run_id
+        assert len(resumed) == 1 and resumed[0].complete and resumed[0].connector_run_id == run_id, seen
         chunks = [e.chunk for e in seen if isinstance(e, StreamChunk)]
         assert chunks == ["one ", "two ", "three ", "four"]
         assert seen[-1].full_response == "one two three four" and seen[-1].status == "completed"
@@ -198,8 +198,8 @@ async def test_client_ends_quietly_when_reconnects_fail() -> None:
 
     async with tcp_gateway() as gateway:
         async with open_chat(gateway.url, secret=SECRET, reconnect=ReconnectPolicy(max_attempts=2, initial_delay_s=0.01)) as chat:
-            await trio.aclose_forcefully(gateway._listeners[0])  # nobody will accept a reconnect
-            await trio.aclose_forcefully(chat._session.ws._stream)  # type: ignore[union-attr]
+            gateway.close_listeners()  # nobody will accept a reconnect
+            await chat._session.wire.aclose()  # type: ignore[union-attr]  # the TCP connection drops, no close frame
             with trio.fail_after(10):
                 try:
                     while True:

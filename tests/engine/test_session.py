@@ -35,7 +35,7 @@ class Recorder(SessionHandler):
     async def on_open(self, session: Session) -> None:
         self.session = session
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         if message == "boom":
             raise RuntimeError("a bug in a handler")
         if message == "bye":
@@ -135,30 +135,32 @@ async def test_timer_fires_once_and_restarts_by_assignment(autojump_clock: Any) 
 
 
 async def test_slow_consumer_is_closed_1008_and_memory_stays_bounded(autojump_clock: Any) -> None:
-    """A peer that stops reading gets 2 x send_queue_size messages queued at most, then close 1008."""
+    """A peer that stops reading gets at most send_buffer_max_bytes plus one message buffered, then close 1008."""
     sizes: list[int] = []
+    payload = "x" * 100  # a 102-byte frame
 
     class Flood(Recorder):
         async def on_open(self, session: Session) -> None:
             await super().on_open(session)
-            for i in range(1000):
-                if not session.send_nowait(f"m{i}"):
+            for _ in range(1000):
+                if not session.send_nowait(payload):
                     break
-                sizes.append(session.queued)
+                sizes.append(session.buffered_bytes)
 
     handler = Flood()
-    async with engine(lambda: handler, SessionConfig(ping_interval_s=None, send_queue_size=8, close_timeout_s=2), trio.testing.lockstep_stream_pair) as (server, connect):
+    config = SessionConfig(ping_interval_s=None, send_buffer_high_bytes=500, send_buffer_max_bytes=1000, close_timeout_s=2)
+    async with engine(lambda: handler, config, trio.testing.lockstep_stream_pair) as (server, connect):
         client = connect()
         await client.handshake()  # then never reads again
         t0 = trio.current_time()
         await server.wait_idle()
-    assert max(sizes) == 16
+    assert 1000 < max(sizes) <= 1000 + 102
     assert handler.closed is not None and handler.closed[1] == 1008
     assert handler.closed[0] - t0 == 2.0  # the close handshake gave up after close_timeout_s
 
 
 async def test_send_waits_for_room_instead_of_growing(autojump_clock: Any) -> None:
-    """send() blocks at send_queue_size queued messages while the peer does not read."""
+    """send() waits once send_buffer_high_bytes are unread by a peer that does not read."""
     progress: list[int] = []
 
     class Producer(Recorder):
@@ -167,19 +169,20 @@ async def test_send_waits_for_room_instead_of_growing(autojump_clock: Any) -> No
 
             async def produce() -> None:
                 for i in range(100):
-                    await session.send(f"m{i}")
+                    await session.send("y" * 8)  # a 10-byte frame
                     progress.append(i)
 
             session.nursery.start_soon(produce)
 
     handler = Producer()
-    async with engine(lambda: handler, SessionConfig(ping_interval_s=None, send_queue_size=8), trio.testing.lockstep_stream_pair) as (_, connect):
+    config = SessionConfig(ping_interval_s=None, send_buffer_high_bytes=50, send_buffer_max_bytes=1000)
+    async with engine(lambda: handler, config, trio.testing.lockstep_stream_pair) as (_, connect):
         client = connect()
         await client.handshake()
         await trio.sleep(60)
         assert handler.session is not None and not handler.session.closing
-        assert handler.session.queued == 8
-        assert len(progress) < 12
+        assert 50 < handler.session.buffered_bytes <= 60
+        assert len(progress) == 6
 
 
 @pytest.mark.parametrize(
@@ -187,7 +190,11 @@ async def test_send_waits_for_room_instead_of_growing(autojump_clock: Any) -> No
     [
         ({"ping_interval_s": 0}, "ping_interval: must be positive, got 0"),
         ({"ping_timeout_s": -1}, "ping_timeout: must be positive, got -1"),
-        ({"send_queue_size": 0}, "send_queue_size: must be at least 1, got 0"),
+        ({"send_buffer_high_bytes": 0}, "send_buffer_high_bytes: must be at least 1, got 0"),
+        (
+            {"send_buffer_high_bytes": 100, "send_buffer_max_bytes": 10},
+            r"send_buffer_max_bytes: must be at least send_buffer_high_bytes \(100\), got 10",
+        ),
         ({"close_timeout_s": 0}, "close_timeout: must be positive, got 0"),
     ],
 )

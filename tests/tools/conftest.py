@@ -9,17 +9,17 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import h11
 import trio
 import trio.testing
-import trio_websocket
 from attrs import define, field
 from websockets.sync.server import ServerConnection, serve
 
-from antiphon.engine._util import open_nursery_unwrapped
+from antiphon.engine.connect import open_client_websocket
 from antiphon.engine.server import ServerConfig
+from antiphon.engine.wire import WebSocketWire
 from antiphon.proto.utcp.message import Handshake
 from antiphon.tools import ApiKeyAuth, BasicAuth, ToolApp, ToolServer
 from antiphon.tools.pool import Opener
@@ -88,28 +88,24 @@ def memory_opener(server: ToolServer, nursery: trio.Nursery, opened: list[Handsh
     @asynccontextmanager
     async def opener(
         handshake: Handshake, timeout_s: float, max_message_size: int
-    ) -> AsyncIterator[tuple[trio.Nursery, trio_websocket.WebSocketConnection]]:
+    ) -> AsyncIterator[tuple[trio.Nursery, WebSocketWire]]:
         if opened is not None:
             opened.append(handshake)
         client_stream, server_stream = trio.testing.memory_stream_pair()
         nursery.start_soon(server.serve_stream, server_stream)
-        parts = urlsplit(handshake.url)
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        async with open_nursery_unwrapped() as conn_nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                conn_nursery,
-                client_stream,
-                "localhost",
-                resource,
-                subprotocols=list(handshake.subprotocols) or None,
-                extra_headers=[(k.encode(), v.encode()) for k, v in handshake.headers] or None,
-                max_message_size=max_message_size,
-            )
-            try:
-                yield conn_nursery, ws
-            finally:
-                await trio.aclose_forcefully(client_stream)
-                conn_nursery.cancel_scope.cancel()
+
+        async def open_stream() -> trio.abc.Stream:
+            return client_stream
+
+        async with open_client_websocket(
+            handshake.url,
+            headers=handshake.headers,
+            subprotocols=handshake.subprotocols,
+            timeout_s=timeout_s,
+            max_message_size=max_message_size,
+            open_stream=open_stream,
+        ) as (conn_nursery, wire):
+            yield conn_nursery, wire
 
     return opener
 

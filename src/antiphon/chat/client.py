@@ -73,6 +73,9 @@ log = logging.getLogger("antiphon.chat.client")
 EVENT_BUFFER_SIZE: Final = 1024
 """Events held for the application before the client stops reading (TCP then slows the server)."""
 
+HANDSHAKE_EVENTS: Final = 16
+"""Events held while connecting; a server that sends more before ``connected`` is not speaking the protocol."""
+
 RECONNECT_CODES: Final = frozenset(
     {CloseCode.ABNORMAL, CloseCode.INTERNAL_ERROR, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.BAD_GATEWAY}
 )
@@ -116,10 +119,10 @@ class _Connection(SessionHandler):
 
     def __init__(self, client: ChatClient) -> None:
         self.client = client
-        self.handshake_in, self.handshake_out = trio.open_memory_channel[ServerEvent](16)
+        self.handshake_in, self.handshake_out = trio.open_memory_channel[ServerEvent](HANDSHAKE_EVENTS)
         self.handshaking = True
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         try:
             event, seq = decode_server_frame(message)
         except DecodeError as exc:
@@ -127,10 +130,16 @@ class _Connection(SessionHandler):
             return
         if self.handshaking and isinstance(event, (Connected, Resumed, ErrorEvent)):
             if isinstance(event, Resumed):
+                # In order with the replay that follows it in the same read: the app
+                # sees `resumed` first, then the missed events.
                 self.handshaking = False
-            await self.handshake_in.send(event)
+                self.client._deliver(event, None, session)
+            try:
+                self.handshake_in.send_nowait(event)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                log.warning("dropping a %s event that arrived while connecting", event.type)
             return
-        await self.client._deliver(event, seq)
+        self.client._deliver(event, seq, session)
 
     def on_close(self, session: Session) -> None:
         self.handshake_in.close()
@@ -153,7 +162,9 @@ class ChatClient:
         self._connect_timeout_s = connect_timeout_s
         self._session_config = session_config
         self._reconnect = reconnect
-        self._events_in, self._events = trio.open_memory_channel[ServerEvent](EVENT_BUFFER_SIZE)
+        self._events: deque[ServerEvent] = deque()
+        self._events_ready = trio.lowlevel.ParkingLot()
+        self._events_ended = False
         self._held: deque[ServerEvent] = deque()
         self._ids = itertools.count(1)
         self._ask_lock = trio.Lock()
@@ -283,12 +294,17 @@ class ChatClient:
             self._held.extend(others)
 
     async def _next_event(self) -> ServerEvent:
-        try:
-            return await self._events.receive()
-        except trio.EndOfChannel:
-            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason) from None
+        while not self._events:
+            if self._events_ended:
+                raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason)
+            await self._events_ready.park()
+        event = self._events.popleft()
+        session = self._session
+        if session is not None and len(self._events) < EVENT_BUFFER_SIZE // 2:
+            session.resume_reading()
+        return event
 
-    async def _deliver(self, event: ServerEvent, seq: int | None) -> None:
+    def _deliver(self, event: ServerEvent, seq: int | None, session: Session | None = None) -> None:
         # Exactly once: numbered events by seq, re-acks (unnumbered) by id.
         if seq is not None:
             if seq <= self.last_seq:
@@ -299,7 +315,14 @@ class ChatClient:
                 return
             self._acked.add(event.id)
             self._unacked.pop(event.id, None)
-        await self._events_in.send(event)
+        self._events.append(event)
+        self._events_ready.unpark()
+        if session is not None and len(self._events) >= EVENT_BUFFER_SIZE:
+            session.pause_reading()  # the application is not keeping up: let TCP slow the server
+
+    def _end_events(self) -> None:
+        self._events_ended = True
+        self._events_ready.unpark_all()
 
     # ------------------------------------------------------------------ connections
 
@@ -343,7 +366,7 @@ class ChatClient:
                 await trio.sleep(self._reconnect.delay(attempt))
         finally:
             self._live.set()
-            self._events_in.close()
+            self._end_events()
 
     async def _connect_once(self, resuming: bool, task_status: trio.TaskStatus[None]) -> Session:
         url, headers = self._url, []
@@ -387,12 +410,11 @@ class ChatClient:
             raise OperationTimeout(f"no connected event within {self._connect_timeout_s:g} s") from None
         if isinstance(answer, ErrorEvent):
             # The run is gone (expired, or the server restarted): the conversation is over.
-            await self._events_in.send(answer)
+            self._deliver(answer, None)
             self._closing = True
             session.close(CloseCode.NORMAL, "run not resumable")
             raise ConnectionClosed(CloseCode.NORMAL, "run not resumable")
-        assert isinstance(answer, Resumed)
-        await self._events_in.send(answer)
+        assert isinstance(answer, Resumed)  # already delivered, in order, by the connection
         for text in list(self._unacked.values()):
             await session.send(text)
 

@@ -94,7 +94,7 @@ class ChatSessionHandler(SessionHandler):
         self.run.attach(self)
         self._apply(self.chat.open())
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         self._apply(self.chat.receive(message))
 
     def on_timer(self, session: Session) -> None:

@@ -5,40 +5,67 @@ Theory of operation
 :meth:`SessionServer.run` keeps two nurseries, the way websockets' Trio server does:
 the *listener* nursery accepts TCP connections, and the *handler* nursery, outside it,
 holds one task per connection. Stopping the listeners therefore does not touch the
-sessions, which is what a graceful shutdown needs: stop accepting, let the faces
-finish their work within a grace period, then close what is left with 1001.
+sessions, which is what a graceful shutdown needs: close the listening sockets first
+(new clients are refused by the kernel at once, and a replacement server can bind the
+port), let the faces finish their work within a grace period, then close what is left
+with 1001.
 
-Each connection task wraps the stream with trio-websocket's ``wrap_server_stream``
-(whose reader task lives in the connection's own nursery), waits for the opening
-handshake under ``handshake_timeout_s``, asks the face's :class:`Router` what to do
-(:class:`Accept` with a :class:`~antiphon.engine.SessionHandler`, or :class:`Reject`
-with an HTTP status), and runs the :class:`~antiphon.engine.Session`. Whatever happens
-on one connection, including a bug in a face, is logged and contained there: the
-server and the other sessions carry on.
+The listeners are plain non-blocking sockets, accepted with Trio's low-level
+``wait_readable``; each accepted socket becomes a
+:class:`~antiphon.engine.transport.SocketTransport` (or, with ``ssl``, a TLS stream). The
+connection's task reads the opening request with websockets' ``ServerProtocol`` under
+``handshake_timeout_s``, asks the face's :class:`~antiphon.engine.handshake.Router`
+what to do (:class:`Accept` with a :class:`~antiphon.engine.session.SessionHandler`,
+or :class:`Reject`: any plain HTTP response, a refusal or a health check's 200), and
+runs the :class:`~antiphon.engine.session.Session` in that same task. Whatever happens
+on one connection, a bug in a face included, is logged and contained there: the server
+and the other sessions carry on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from typing import Final, Protocol
+import socket
+import ssl
+from typing import Final
 
 import trio
-import trio_websocket
 from attrs import field, frozen
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.server import ServerProtocol
 
-from antiphon.engine.session import (
-    Session,
-    SessionConfig,
-    SessionHandler,
+from antiphon.engine.handshake import (
+    Accept,
+    HandshakeFailed,
+    HandshakeRequest,
+    Reject,
+    Router,
+    describe,
+    read_request,
+    reject,
+    write_pending,
 )
-from antiphon.errors import ConfigError
+from antiphon.engine.session import Session, SessionConfig
+from antiphon.engine.transport import (
+    SocketTransport,
+    StreamTransport,
+    Transport,
+    TransportBroken,
+)
+from antiphon.engine.wire import WebSocketWire
+from antiphon.errors import ConfigError, ListenError
 from antiphon.proto.close import CloseCode
 
 __all__ = ["Accept", "HandshakeRequest", "Reject", "Router", "ServerConfig", "SessionServer"]
 
-log = logging.getLogger("antiphon.engine.server")
+log = logging.getLogger("antiphon.server")
 
 MIB: Final = 1024 * 1024
+ACCEPT_BATCH: Final = 64
+"""Connections accepted per wake-up of a listener: a burst of clients costs one wait, not one each."""
+LISTEN_BACKLOG: Final = 4096
+"""Pending connections the kernel queues per listener (capped by net.core.somaxconn)."""
 
 
 @frozen(kw_only=True)
@@ -51,10 +78,10 @@ class ServerConfig:
     handshake_timeout_s: float = 10.0
     max_message_size: int = 1 * MIB
     shutdown_grace_s: float = 10.0
-    # trio-websocket buffers this many decoded messages; the receive task drains it
-    # continuously, so a handful is enough to keep the reader from stalling.
-    message_queue_size: int = 4
-    receive_buffer_size: int = 16 * 1024
+    compression: str | None = None
+    """``"deflate"`` offers permessage-deflate (inflation bounded by ``max_message_size``); None never does."""
+    ssl: ssl.SSLContext | None = field(default=None, eq=False)
+    """Serve ``wss://`` with this server-side context; None serves plain ``ws://``."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -67,54 +94,8 @@ class ServerConfig:
             raise ConfigError(f"handshake_timeout: must be positive, got {self.handshake_timeout_s:g}")
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"shutdown_grace: must not be negative, got {self.shutdown_grace_s:g}")
-
-
-@frozen
-class HandshakeRequest:
-    """What a client asked for in its opening handshake."""
-
-    target: str
-    headers: tuple[tuple[bytes, bytes], ...]
-    subprotocols: tuple[str, ...]
-    remote: str
-
-    @property
-    def path(self) -> str:
-        """The request path, without the query string."""
-        return self.target.partition("?")[0] or "/"
-
-    def header(self, name: str) -> str | None:
-        """The first header called ``name`` (case-insensitive), decoded as Latin-1."""
-        key = name.lower().encode()
-        for k, v in self.headers:
-            if k.lower() == key:
-                return v.decode("latin-1")
-        return None
-
-
-@frozen
-class Accept:
-    """Accept the upgrade and run ``handler`` in a session."""
-
-    handler: SessionHandler
-    subprotocol: str | None = None
-    session_config: SessionConfig | None = None
-    session_id: str | None = None
-
-
-@frozen
-class Reject:
-    """Refuse the upgrade with an HTTP ``status``."""
-
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[bytes, bytes], ...] = field(default=())
-
-
-class Router(Protocol):
-    """A face's decision for each handshake; ``full`` is True when the server is at capacity."""
-
-    def __call__(self, request: HandshakeRequest, *, full: bool) -> Accept | Reject: ...
+        if self.compression not in (None, "deflate"):
+            raise ConfigError(f"compression: must be 'deflate' or none, got {self.compression!r}")
 
 
 class SessionServer:
@@ -126,7 +107,7 @@ class SessionServer:
         self.session_config = session_config or SessionConfig()
         self.sessions: set[Session] = set()
         self._connections = 0
-        self._listeners: list[trio.SocketListener] = []
+        self._listeners: list[socket.socket] = []
         self._address: tuple[str, int] | None = None
         self._listener_scope: trio.CancelScope | None = None
         self._handler_scope: trio.CancelScope | None = None
@@ -154,14 +135,25 @@ class SessionServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` of the first listener (IPv6 hosts in brackets)."""
+        """``ws://host:port`` (``wss://`` with TLS) of the first listener (IPv6 hosts in brackets)."""
         host = self.host
-        return f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
+        scheme = "wss" if self.config.ssl is not None else "ws"
+        return f"{scheme}://[{host}]:{self.port}" if ":" in host else f"{scheme}://{host}:{self.port}"
 
     @property
     def connections(self) -> int:
         """Connections being handled right now (handshaking or in a session)."""
         return self._connections
+
+    @property
+    def accepting(self) -> bool:
+        """True while the server takes new connections (not shutting down)."""
+        return self._running and not self._shutting_down
+
+    @property
+    def handler_tasks(self) -> int:
+        """Tasks alive in the handler nursery: one per connection, none when idle."""
+        return len(self._handler_nursery.child_tasks) if self._handler_nursery is not None else 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,7 +163,8 @@ class SessionServer:
         """Listen and serve until cancelled or until :meth:`shutdown` has finished.
 
         With ``listen=False`` no socket is opened: connections come only through
-        :meth:`serve_stream` (tests over memory streams).
+        :meth:`serve_stream` (tests over memory streams). Raises
+        :class:`~antiphon.errors.ListenError` when the address cannot be bound.
         """
         self._running = True
         try:
@@ -181,8 +174,8 @@ class SessionServer:
                 async with trio.open_nursery() as listening:
                     self._listener_scope = listening.cancel_scope
                     if listen:
-                        self._listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
-                        self._address = self._listeners[0].socket.getsockname()[:2]
+                        self._listeners = await open_tcp_listeners(self.config.host, self.config.port)
+                        self._address = self._listeners[0].getsockname()[:2]
                         for listener in self._listeners:
                             listening.start_soon(self._accept_loop, listener, handlers)
                     else:
@@ -192,17 +185,17 @@ class SessionServer:
                 # connections given to serve_stream, which live elsewhere, are awaited).
                 await self._idle.wait()
         finally:
-            for listener in self._listeners:
-                await trio.aclose_forcefully(listener)
+            self.close_listeners()
             self._stopped.set()
 
     async def shutdown(self, grace_s: float | None = None) -> None:
-        """Stop accepting, let sessions wind down for ``grace_s``, close the rest with 1001.
+        """Close the listeners, let sessions wind down for ``grace_s``, close the rest with 1001.
 
         Returns once every connection is gone and :meth:`run` has returned.
         """
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._shutting_down = True
+        self.close_listeners()  # new clients are refused now, not after the grace
         if self._listener_scope is not None:
             self._listener_scope.cancel()
         for session in list(self.sessions):
@@ -222,37 +215,59 @@ class SessionServer:
         """Return once no connection is being handled (at once if none is)."""
         await self._idle.wait()
 
-    @property
-    def handler_tasks(self) -> int:
-        """Tasks alive in the handler nursery: one per connection, none when idle."""
-        return len(self._handler_nursery.child_tasks) if self._handler_nursery is not None else 0
+    def close_listeners(self) -> None:
+        """Stop accepting: close the listening sockets now (new clients are refused by the kernel)."""
+        for listener in self._listeners:
+            if listener.fileno() != -1:
+                trio.lowlevel.notify_closing(listener)
+                listener.close()
 
     # ------------------------------------------------------------------ connections
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        # trio.serve_listeners would do, but this loop lets a stream be counted
-        # before its task starts, so `connections` never under-reports.
+    async def _accept_loop(self, listener: socket.socket, handlers: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
-            except trio.ClosedResourceError:
+                await trio.lowlevel.wait_readable(listener)
+            except (trio.ClosedResourceError, OSError):
                 return  # the listener was closed: nothing more to accept
-            except OSError as exc:
-                # EMFILE and friends: back off rather than spin (as trio.serve_listeners does).
-                log.warning("accept failed (%s); pausing 100 ms", exc)
-                await trio.sleep(0.1)
-                continue
-            self._connection_opened()
-            handlers.start_soon(self._handle_stream, stream)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if listener.fileno() == -1:
+                        return
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                        continue  # the client gave up before we accepted it
+                    # EMFILE and friends: back off rather than spin (as trio.serve_listeners does).
+                    log.warning("accept failed (%s); pausing 100 ms", exc)
+                    await trio.sleep(0.1)
+                    break
+                self._connection_opened()
+                handlers.start_soon(self._handle_socket, sock)
+
+    async def _handle_socket(self, sock: socket.socket) -> None:
+        try:
+            transport: Transport = SocketTransport(sock)
+        except OSError:
+            sock.close()
+            self._connection_closed()
+            return
+        if self.config.ssl is not None:
+            remote = transport.remote
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            transport = StreamTransport(trio.SSLStream(stream, self.config.ssl, server_side=True), remote)
+        await self._handle(transport)
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection over an already-open byte stream, until it ends.
 
-        The listeners use this for every TCP connection; tests use it over
-        ``trio.testing.memory_stream_pair()``, where the autojump clock is safe.
+        Tests use it over ``trio.testing.memory_stream_pair()``, where the autojump clock
+        is safe; so can a program that accepts its own connections.
         """
         self._connection_opened()
-        await self._handle_stream(stream)
+        await self._handle(StreamTransport(stream, "stream"))
 
     def _connection_opened(self) -> None:
         self._connections += 1
@@ -263,49 +278,100 @@ class SessionServer:
         if self._connections == 0:
             self._idle.set()
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, transport: Transport) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await self._serve_connection(stream, nursery)
-                finally:
-                    nursery.cancel_scope.cancel()
+            await self._serve_connection(transport)
+        except (HandshakeFailed, TransportBroken, trio.BrokenResourceError) as exc:
+            log.debug("connection from %s: %s", transport.remote, exc)
         except Exception:
-            log.exception("connection failed")
+            log.exception("connection from %s failed", transport.remote)
         finally:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(_Closer(transport))
             self._connection_closed()
 
-    async def _serve_connection(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    def _protocol(self) -> ServerProtocol:
         cfg = self.config
-        request: trio_websocket.WebSocketRequest | None = None
-        with trio.move_on_after(cfg.handshake_timeout_s):
-            request = await trio_websocket.wrap_server_stream(
-                nursery,
-                stream,
-                message_queue_size=cfg.message_queue_size,
-                max_message_size=cfg.max_message_size,
-                receive_buffer_size=cfg.receive_buffer_size,
-            )
-        if request is None or self._shutting_down:
+        extensions = [ServerPerMessageDeflateFactory()] if cfg.compression == "deflate" else None
+        return ServerProtocol(max_size=cfg.max_message_size, extensions=extensions)
+
+    async def _serve_connection(self, transport: Transport) -> None:
+        cfg = self.config
+        protocol = self._protocol()
+        with trio.move_on_after(cfg.handshake_timeout_s) as scope:
+            if isinstance(transport, StreamTransport) and isinstance(transport.stream, trio.SSLStream):
+                await transport.stream.do_handshake()
+            request, frames = await read_request(protocol, transport)
+        if scope.cancelled_caught:
+            log.debug("connection from %s: no handshake within %gs", transport.remote, cfg.handshake_timeout_s)
             return
-        info = HandshakeRequest(
-            target=request.path,
-            headers=tuple(request.headers),
-            subprotocols=request.proposed_subprotocols,
-            remote=str(request.remote),
-        )
+        if self._shutting_down:
+            protocol.send_response(reject(Reject(503, b"the server is shutting down\n")))
+            await write_pending(protocol, transport)
+            return
+        info = describe(request, transport.remote)
         decision = self.router(info, full=len(self.sessions) >= cfg.max_connections)
         if isinstance(decision, Reject):
-            headers = list(decision.headers)
+            protocol.send_response(reject(decision))
             with trio.move_on_after(cfg.handshake_timeout_s):
-                await request.reject(decision.status, extra_headers=headers, body=decision.body or None)
+                await write_pending(protocol, transport)
             return
-        ws = await request.accept(subprotocol=decision.subprotocol)
-        session = Session(ws, decision.session_config or self.session_config, id=decision.session_id)
+        if decision.subprotocol is not None:
+            protocol.available_subprotocols = [decision.subprotocol]  # type: ignore[list-item]
+        response = protocol.accept(request)
+        protocol.send_response(response)
+        with trio.move_on_after(cfg.handshake_timeout_s):
+            await write_pending(protocol, transport)
+        if response.status_code != 101:
+            return  # not a valid upgrade: websockets answered 400/405/426
+        wire = WebSocketWire(protocol, transport, max_message_size=cfg.max_message_size, initial=frames)
+        session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
         try:
             await session.run(decision.handler)
         finally:
             self.sessions.discard(session)
 
+
+class _Closer(trio.abc.AsyncResource):
+    """Lets ``trio.aclose_forcefully`` close a transport (closing is idempotent)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def open_tcp_listeners(host: str | None, port: int) -> list[socket.socket]:
+    """Bind non-blocking listening sockets for ``host`` (every address it resolves to) and ``port``.
+
+    Raises :class:`~antiphon.errors.ListenError` naming the address, e.g. when it is in use.
+    """
+    shown = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+    try:
+        infos = await trio.socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}", errno=exc.errno) from None
+    listeners: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in listeners:
+            sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+        raise ListenError(f"cannot listen on {shown}: {reason}", errno=exc.errno) from None
+    if not listeners:
+        raise ListenError(f"cannot listen on {shown}: no address to bind")
+    return listeners

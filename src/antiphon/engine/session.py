@@ -2,58 +2,62 @@
 
 Theory of operation
 -------------------
-A session's nursery runs four tasks of its own, plus whatever its face starts:
+A session's nursery supervises four jobs - receive, send, heartbeat and timer - but
+an idle session parks exactly one task, because the jobs that cost nothing while idle
+do not need a task of their own:
 
-* **receive** reads frames and hands each to the face's :meth:`SessionHandler.on_message`.
-  It never stops reading while the session lives. trio-websocket's reader answers
-  the peer's pings and delivers our pongs only while its (tiny) message queue has
-  room; a receive loop that paused during a long agent turn would make the peer
-  look dead to our own heartbeat. Faces must therefore not block in ``on_message``:
-  they queue work and return.
-* **send** is the only task that writes messages. Others put text or bytes on a
-  bounded outbound queue; the send task frames everything queued (up to
-  ``MAX_BATCH_MESSAGES``) and writes it with one ``send_all``, so an ack and its reply
-  queued together cost one write and one lock, not two. :meth:`Session.send` waits while ``send_queue_size``
-  messages are queued: backpressure for a producer such as a streaming agent.
-  :meth:`Session.send_nowait` never waits, and may use as much again as headroom, so
-  the acks and errors the receive task sends still fit while an agent has filled
-  its share; past that the peer is not reading at all, and the session closes with
-  1008 as a slow consumer. Either way a peer that stops reading cannot grow our
-  memory beyond ``2 * send_queue_size`` messages.
-* **heartbeat** sends a WebSocket ping every ``ping_interval_s`` and closes the session
-  with 1011 when no pong comes back within ``ping_timeout_s`` (the defaults, 20 s and
-  20 s, are websockets' and browsers': a dead peer is noticed within 40 s, and an idle
-  NAT mapping is refreshed well inside the usual 60 s).
-* **timer** is one restartable deadline (an auth timeout, an inactivity timeout) kept
-  as a cancel scope whose deadline moves, as hypercorn does: restarting it costs an
-  assignment, not a task. A *later* deadline (the inactivity restart on every message)
-  is not even assigned: the scope wakes at the old deadline, sees the new one and
-  sleeps again, which keeps Trio's deadline heap out of the per-message path.
+* **receive** is the body of the session's nursery: it reads from the
+  :class:`~antiphon.engine.wire.Wire`, which parses frames with websockets' sans-I/O
+  protocol, and hands each whole message to :meth:`SessionHandler.on_message` *inline*.
+  ``on_message`` is a plain function: it must not block, and it cannot. A face that has
+  long work (an agent turn, a tool call) wakes the task that does it and returns, so the
+  socket is always read and pings are always answered.
+* **send** costs nothing until the network pushes back. :meth:`Session.send_nowait`
+  frames the message and writes it at once from whatever task produced it, when the
+  transport can write without waiting and nothing is queued before it: on a healthy
+  connection a reply is one system call and no task switch. Messages sent while a
+  batch of incoming frames is being handled are corked and written together when the
+  batch is done (an ack and its reply, one write). Only bytes the kernel did not take
+  stay in the wire's buffer, and then a **writer** task is started in the session's
+  nursery to drain it; it ends when the buffer is empty.
+* **heartbeat** and **timer** (the face's restartable deadline: an auth timeout, an
+  inactivity timeout) are deadlines, not tasks: the receive task reads inside a cancel
+  scope whose deadline is the earliest of them, as hypercorn does with its idle timer.
+  When it passes, the read is cancelled (reads are cancel-safe), the due work runs - a
+  ping every ``ping_interval_s``, a close with 1011 when no pong came within
+  ``ping_timeout_s``, :meth:`SessionHandler.on_timer` - and reading resumes. Restarting
+  the inactivity timeout on every message is an assignment; only an *earlier* deadline
+  touches the scope.
 
-When any of them decides the session is over, the session nursery is cancelled:
-nothing the session started outlives it. A session closed *with flush* first lets
-the send task write what is already queued (an error event, say) and then the close
-frame; a session closed *without flush* (dead peer, slow consumer) closes at once.
-The WebSocket close handshake always runs under ``close_timeout_s`` and is shielded
-from the cancellation that ended the session, so every connection is closed with a
-code. An exception escaping a face's code is logged and closes only that session,
-with 1011.
+Bounds, in bytes. The wire's buffer holds what the peer has not taken yet, pongs and
+close frames included. :meth:`Session.send` waits while more than
+``send_buffer_high_bytes`` are buffered (a streaming agent is slowed by a slow reader);
+:meth:`Session.send_nowait` never waits, and once more than ``send_buffer_max_bytes``
+are buffered the peer is not reading at all: the session closes with 1008 as a slow
+consumer. A session's outgoing memory is therefore at most ``send_buffer_max_bytes``
+plus one message.
+
+Ending. Whatever decides the session is over - the peer's close frame, our
+:meth:`Session.close`, a dead or stalled peer, a bug in the face (logged, closed with
+1011, other sessions untouched), the server's cancellation (1001) - the nursery is
+cancelled: nothing the session started outlives it. A close *with flush* writes what
+is already buffered, then the close frame, and waits for the peer's answer; a close
+*without flush* drops what is buffered. Either way the closing handshake is shielded
+and bounded by ``close_timeout_s``, so every connection ends with a close code.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import uuid
-from collections import deque
 from typing import Final
 
 import trio
-import trio_websocket
 from attrs import frozen
-from wsproto.events import BytesMessage, TextMessage
-from wsproto.utilities import LocalProtocolError
 
+from antiphon.engine.wire import Pong, Wire, WireClosed
 from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
@@ -61,6 +65,7 @@ __all__ = ["Session", "SessionConfig", "SessionHandler"]
 
 log = logging.getLogger("antiphon.session")
 
+KIB: Final = 1024
 
 
 @frozen(kw_only=True)
@@ -69,7 +74,10 @@ class SessionConfig:
 
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
-    send_queue_size: int = 256
+    send_buffer_high_bytes: int = 64 * KIB
+    """:meth:`Session.send` waits while more than this is buffered for the peer."""
+    send_buffer_max_bytes: int = 1024 * KIB
+    """Past this, buffered for a peer that does not read, the session closes with 1008."""
     close_timeout_s: float = 10.0
 
     def __attrs_post_init__(self) -> None:
@@ -77,8 +85,13 @@ class SessionConfig:
             raise ConfigError(f"ping_interval: must be positive, got {self.ping_interval_s:g}")
         if self.ping_timeout_s is not None and self.ping_timeout_s <= 0:
             raise ConfigError(f"ping_timeout: must be positive, got {self.ping_timeout_s:g}")
-        if self.send_queue_size < 1:
-            raise ConfigError(f"send_queue_size: must be at least 1, got {self.send_queue_size}")
+        if self.send_buffer_high_bytes < 1:
+            raise ConfigError(f"send_buffer_high_bytes: must be at least 1, got {self.send_buffer_high_bytes}")
+        if self.send_buffer_max_bytes < self.send_buffer_high_bytes:
+            raise ConfigError(
+                f"send_buffer_max_bytes: must be at least send_buffer_high_bytes ({self.send_buffer_high_bytes}),"
+                f" got {self.send_buffer_max_bytes}"
+            )
         if self.close_timeout_s <= 0:
             raise ConfigError(f"close_timeout: must be positive, got {self.close_timeout_s:g}")
 
@@ -87,10 +100,10 @@ class SessionHandler:
     """What a face plugs into a :class:`Session`; every hook is optional."""
 
     async def on_open(self, session: Session) -> None:
-        """The session starts; its tasks are running and ``session.nursery`` takes more."""
+        """The session starts; ``session.nursery`` takes tasks. Runs before the first read."""
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
-        """A frame arrived. Must return promptly: queue long work, do not await it here."""
+    def on_message(self, session: Session, message: str | bytes) -> None:
+        """A whole message arrived. Must not block: queue long work, or wake the task that does it."""
 
     def on_timer(self, session: Session) -> None:
         """The deadline set with :meth:`Session.set_timer` passed."""
@@ -103,29 +116,16 @@ class SessionHandler:
         """The session is over (called exactly once); ``session.close_code`` says how."""
 
 
-class _Close:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
 class Session:
     """One WebSocket connection under supervision; see the module docstring.
 
-    Create it around an open trio-websocket connection and ``await session.run(handler)``;
-    ``run`` returns once the connection is closed and every task of the session ended.
+    Create it around an open :class:`~antiphon.engine.wire.Wire` and ``await
+    session.run(handler)``; ``run`` returns once the connection is closed and every task
+    of the session ended. It never raises for the session's own failures.
     """
 
-    def __init__(
-        self,
-        ws: trio_websocket.WebSocketConnection,
-        config: SessionConfig | None = None,
-        *,
-        id: str | None = None,
-    ) -> None:
-        self.ws = ws
+    def __init__(self, wire: Wire, config: SessionConfig | None = None, *, id: str | None = None) -> None:
+        self.wire = wire
         self.config = config or SessionConfig()
         self.id = id or uuid.uuid4().hex
         self.close_code: int | None = None
@@ -133,17 +133,23 @@ class Session:
         self.closed_by_peer = False
         self._handler: SessionHandler | None = None
         self._nursery: trio.Nursery | None = None
-        self._queue: deque[str | bytes | _Close] = deque()
-        self._soft_limit = self.config.send_queue_size
-        self._hard_limit = 2 * self.config.send_queue_size
-        self._queue_ready = trio.lowlevel.ParkingLot()  # the send task waits here for messages
-        self._queue_room = trio.lowlevel.ParkingLot()  # producers in send() wait here for room
+        self._high = self.config.send_buffer_high_bytes
+        self._max = self.config.send_buffer_max_bytes
+        self._room = trio.lowlevel.ParkingLot()  # producers in send() wait here
         self._closing = False
+        self._close_deadline = math.inf
+        self._writer_running = False
+        self._corked = False
+        self._flush_deferred = False
+        self._paused: trio.Event | None = None
+        # Deadlines the receive task's scope wakes for (see the module docstring).
         self._timer_deadline = math.inf
-        self._timer_scope: trio.CancelScope | None = None
+        self._ping_at = math.inf
+        self._pong_deadline = math.inf
+        self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ queries
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -154,7 +160,7 @@ class Session:
 
     @property
     def closing(self) -> bool:
-        """True once a close was requested; sends are then dropped."""
+        """True once the session is ending; sends are then dropped."""
         return self._closing
 
     @property
@@ -162,72 +168,126 @@ class Session:
         """Set when :meth:`run` has finished."""
         return self._done
 
-    async def send(self, message: str | bytes) -> None:
-        """Queue ``message``, waiting while the queue is full; dropped once the session is closing."""
-        await self.wait_for_room()
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes waiting for the peer to take them."""
+        return self.wire.buffered
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the handshake agreed on."""
+        return self.wire.subprotocol
+
+    @property
+    def remote(self) -> str:
+        """The peer's address, for logs."""
+        return self.wire.remote
+
+    # ------------------------------------------------------------------ sending
+
+    def send_nowait(self, message: str | bytes) -> bool:
+        """Send ``message`` without waiting; False when it was dropped (closing, or the peer stopped reading).
+
+        Past ``send_buffer_max_bytes`` buffered, the session closes with 1008 (slow consumer).
+        """
         if self._closing:
-            return
-        self._queue.append(message)
-        self._queue_ready.unpark()
+            return False
+        wire = self.wire
+        if wire.buffered > self._max:
+            log.warning("session %s: %d bytes unread, closing slow consumer", self.id, wire.buffered)
+            self.close(CloseCode.POLICY_VIOLATION, "send buffer full: the client is not reading", flush=False)
+            return False
+        wire.send_message(message, flush=not self._corked)
+        if wire.buffered and not self._corked and not self._writer_running:
+            self._start_writer()
+        return True
+
+    async def send(self, message: str | bytes) -> None:
+        """Send ``message``, first waiting while the peer has ``send_buffer_high_bytes`` unread; dropped once closing."""
+        await self.wait_for_room()
+        self.send_nowait(message)
 
     async def wait_for_room(self) -> None:
         """Wait until :meth:`send` would not wait (or the session is closing).
 
-        For producers that must number messages in the order they are queued: wait
-        here, then number and :meth:`send_nowait` with no checkpoint in between.
+        For producers that number messages in the order they go out: wait here, then
+        number and :meth:`send_nowait` with no checkpoint in between. Not a checkpoint
+        when there is room.
         """
-        while len(self._queue) >= self._soft_limit and not self._closing:
-            await self._queue_room.park()
+        while self.wire.buffered > self._high and not self._closing:
+            await self._room.park()
 
-    def send_nowait(self, message: str | bytes) -> bool:
-        """Queue ``message`` without waiting; past the headroom the session closes (1008, slow consumer).
+    def flush(self) -> None:
+        """Write what is buffered now (or have the writer task do it); sends are otherwise flushed as they are made."""
+        if not self.wire.flush() and not self._writer_running:
+            self._start_writer()
 
-        Returns False when the message was not queued.
+    def defer_flush(self) -> None:
+        """While handling a message: leave the messages sent so far corked; a task woken now flushes them.
+
+        For a face that hands the message to another task which answers at once (an ack
+        and its reply, one write). That task must call :meth:`flush` - before it blocks,
+        and when it is done - or the corked messages wait for the next batch.
         """
-        if self._closing:
-            return False
-        if len(self._queue) >= self._hard_limit:
-            log.warning("session %s: send queue full, closing slow consumer", self.id)
-            self.close(CloseCode.POLICY_VIOLATION, "send queue full: the client is not reading", flush=False)
-            return False
-        self._queue.append(message)
-        self._queue_ready.unpark()
-        return True
+        if self._corked:
+            self._flush_deferred = True
 
-    @property
-    def queued(self) -> int:
-        """Messages waiting for the send task."""
-        return len(self._queue)
+    # ------------------------------------------------------------------ reading
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (backpressure: TCP slows the peer down); the heartbeat pauses too."""
+        if self._paused is None:
+            self._paused = trio.Event()
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`; the heartbeat starts over."""
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.set()
+            interval = self.config.ping_interval_s
+            self._pong_deadline = math.inf
+            self._ping_at = math.inf if interval is None else trio.current_time() + interval
+
+    # ------------------------------------------------------------------ timers
 
     def set_timer(self, seconds: float | None) -> None:
         """Replace the session's single timer with one that fires in ``seconds`` (None: never)."""
         deadline = math.inf if seconds is None else trio.current_time() + seconds
         self._timer_deadline = deadline
         # Only an earlier deadline touches the scope: a later one (the usual inactivity
-        # restart, once per message) is picked up when the old deadline passes.
-        scope = self._timer_scope
+        # restart, once per message) is picked up when the scope wakes at the old one.
+        scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
+
+    # ------------------------------------------------------------------ closing
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, flush: bool = True) -> None:
         """Close the session with ``code``; idempotent, returns at once.
 
-        With ``flush`` the messages already queued go out before the close frame.
+        With ``flush`` the messages already sent go out before the close frame.
         """
         if self._closing:
-            if not flush:
-                self._cancel()  # escalate a flushing close that is stuck behind a dead peer
+            if not flush and self.close_code is not None:
+                self.wire.discard_buffer()  # escalate a flushing close stuck behind a dead peer
+                self._cancel()
             return
         self._closing = True
         self.close_code, self.close_reason = code, reason
-        self._queue_room.unpark_all()  # producers outside the session must not wait forever
-        if flush and self._nursery is not None:
-            self._queue.append(_Close(code, reason))
-            self._queue_ready.unpark()
-            # The flush is bounded too: a peer that stopped reading gets close_timeout_s.
+        self._room.unpark_all()  # producers outside the session must not wait forever
+        self.resume_reading()
+        if self._nursery is None:
+            return  # not running yet: run() closes at once
+        self._close_deadline = trio.current_time() + self.config.close_timeout_s
+        if flush:
+            self.wire.start_close(code, reason)
+            self.flush()
+            # The receive task reads on until the peer answers; bounded by close_timeout_s.
             scope = self._nursery.cancel_scope
-            scope.deadline = min(scope.deadline, trio.current_time() + self.config.close_timeout_s)
+            scope.deadline = min(scope.deadline, self._close_deadline)
         else:
+            self.wire.discard_buffer()
+            self.wire.start_close(code, reason)
             self._cancel()
 
     def shutdown(self) -> None:
@@ -239,162 +299,152 @@ class Session:
                 log.exception("session %s: on_shutdown failed", self.id)
                 self.close(CloseCode.GOING_AWAY, "server shutdown", flush=False)
 
+    # ------------------------------------------------------------------ running
+
     async def run(self, handler: SessionHandler) -> None:
-        """Supervise the session until it is over; never raises for a session's own failure."""
+        """Supervise the session until it is over; see the module docstring."""
         self._handler = handler
+        interval = self.config.ping_interval_s
+        if interval is not None:
+            self._ping_at = trio.current_time() + interval
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._send_task)
-                nursery.start_soon(self._timer_task)
-                if self.config.ping_interval_s is not None:
-                    nursery.start_soon(self._heartbeat_task)
-                await handler.on_open(self)
-                if not self._closing:
-                    nursery.start_soon(self._receive_task)
+                if self._closing:  # closed before it ran
+                    self.wire.start_close(self.close_code or CloseCode.NORMAL, self.close_reason or "")
+                else:
+                    await handler.on_open(self)
+                if self.wire.buffered:
+                    self.flush()  # sent before the session ran (or by on_open)
+                await self._receive()
+                nursery.cancel_scope.cancel()  # the writer, and whatever the face started
         except Exception:
             log.exception("session %s: internal error", self.id)
-            self._closing = True
-            self.close_code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
+            if not self._closing or self.closed_by_peer:
+                self._closing = True
+                self.close_code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
+                self.wire.discard_buffer()
         finally:
             self._closing = True
-            self._queue.clear()
-            self._queue_room.unpark_all()
+            self._room.unpark_all()
             if self.close_code is None:
                 # Cancelled from outside: the server is going away.
                 self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
-            await self._close_ws(self.close_code, self.close_reason or "")
+                self.wire.discard_buffer()
+            await self._finish()
+            log.debug("session %s: closed %s %r%s", self.id, self.close_code, self.close_reason, " by the peer" if self.closed_by_peer else "")
             try:
                 handler.on_close(self)
             except Exception:
                 log.exception("session %s: on_close failed", self.id)
             self._done.set()
 
-    # ------------------------------------------------------------------ tasks
-
-    async def _receive_task(self) -> None:
-        ws, handler = self.ws, self._handler
+    async def _receive(self) -> None:
+        wire, handler = self.wire, self._handler
         assert handler is not None
         while True:
-            try:
-                message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                self._peer_closed(exc.reason)
-                return
-            await handler.on_message(self, message)
+            with trio.CancelScope(deadline=self._next_deadline()) as scope:
+                self._scope = scope
+                while True:
+                    if self._paused is not None:
+                        await self._paused.wait()
+                    try:
+                        batch = await wire.receive()
+                    except WireClosed as closed:
+                        self._peer_closed(closed)
+                        return
+                    if self._closing:
+                        continue  # after our close frame: read on until the answer, drop the rest
+                    self._corked = True
+                    try:
+                        for item in batch:
+                            if type(item) is Pong:
+                                self._pong_deadline = math.inf
+                            else:
+                                handler.on_message(self, item)  # type: ignore[arg-type]
+                                if self._closing:
+                                    break
+                    finally:
+                        self._corked = False
+                    if self._flush_deferred:
+                        self._flush_deferred = False
+                    elif wire.buffered:
+                        self.flush()
+            self._scope = None
+            if not self._closing:
+                self._deadlines_passed()
 
-    async def _send_task(self) -> None:
-        ws, queue = self.ws, self._queue
-        batching = _can_batch(ws)
-        # A batch being written is out of the queue: keep it small next to the queue's
-        # bound, so a stalled peer still pins at most ~1.1x the documented messages.
-        max_batch = min(MAX_BATCH_MESSAGES, max(1, self._soft_limit // 8))
-        while True:
-            if not queue:
-                await self._queue_ready.park()
-                continue
-            if isinstance(queue[0], _Close):
-                item = queue.popleft()
-                assert isinstance(item, _Close)
-                await self._close_ws(item.code, item.reason)
-                self._cancel()
-                return
-            if len(queue) == 1 and batching:
-                # Let the tasks woken with us queue theirs (a turn's reply right after
-                # its ack): one checkpoint is cheaper than a second write.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            batch: list[str | bytes] = []
-            while queue and len(batch) < max_batch and not isinstance(queue[0], _Close):
-                batch.append(queue.popleft())  # type: ignore[arg-type]
-            if len(queue) < self._soft_limit and self._queue_room:
-                self._queue_room.unpark_all()
-            try:
-                if batching and len(batch) > 1:
-                    await _send_batch(ws, batch)
-                else:
-                    for message in batch:
-                        await ws.send_message(message)
-            except trio_websocket.ConnectionClosed as exc:
-                self._peer_closed(exc.reason)
-                return
+    def _next_deadline(self) -> float:
+        if self._closing or self._paused is not None:
+            return math.inf
+        beat = self._pong_deadline if self._pong_deadline < math.inf else self._ping_at
+        return min(self._timer_deadline, beat)
 
-    async def _heartbeat_task(self) -> None:
-        interval = self.config.ping_interval_s
-        timeout = self.config.ping_timeout_s
-        assert interval is not None
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                try:
-                    await self.ws.ping()
-                except trio_websocket.ConnectionClosed as exc:
-                    self._peer_closed(exc.reason)
-                    return
-            if scope.cancelled_caught:
-                log.info("session %s: no pong within %gs, closing", self.id, timeout)
-                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", flush=False)
-                return
-
-    async def _timer_task(self) -> None:
-        handler = self._handler
-        assert handler is not None
-        while True:
-            with trio.CancelScope(deadline=self._timer_deadline) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            if trio.current_time() < self._timer_deadline:
-                continue  # the deadline moved later while the scope slept: re-arm, do not fire
+    def _deadlines_passed(self) -> None:
+        now = trio.current_time()
+        if now >= self._timer_deadline:
             self._timer_deadline = math.inf
-            handler.on_timer(self)
+            assert self._handler is not None
+            self._handler.on_timer(self)
+        if self._paused is not None or self._closing:
+            return  # not reading: the peer's silence proves nothing
+        if now >= self._pong_deadline:
+            log.info("session %s: no pong within %gs, closing", self.id, self.config.ping_timeout_s)
+            self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", flush=False)
+            return
+        if now >= self._ping_at:
+            interval, timeout = self.config.ping_interval_s, self.config.ping_timeout_s
+            assert interval is not None
+            if self._pong_deadline == math.inf:
+                self.wire.send_ping(os.urandom(4))
+                if self.wire.buffered and not self._writer_running:
+                    self._start_writer()
+                if timeout is not None:
+                    self._pong_deadline = now + timeout
+            self._ping_at = now + interval
 
     # ------------------------------------------------------------------ internals
+
+    def _start_writer(self) -> None:
+        if self._nursery is not None and not self._writer_running:
+            try:
+                self._nursery.start_soon(self._writer)
+            except RuntimeError:
+                return  # the nursery is closing (the session is ending): _finish writes what is left
+            self._writer_running = True
+
+    async def _writer(self) -> None:
+        wire = self.wire
+        try:
+            while wire.buffered:
+                await wire.drain()
+                if wire.buffered <= self._high:
+                    self._room.unpark_all()
+        finally:
+            self._writer_running = False
+        closed = wire.closed
+        if closed is not None and not self._closing:
+            self._peer_closed(closed)
+            self._cancel()
 
     def _cancel(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def _peer_closed(self, reason: trio_websocket.CloseReason | None) -> None:
+    def _peer_closed(self, closed: WireClosed) -> None:
         if not self._closing:
             self._closing = True
-            self.closed_by_peer = True
-            self.close_code = reason.code if reason is not None else CloseCode.ABNORMAL
-            self.close_reason = (reason.reason if reason is not None else None) or ""
-        self._cancel()
+            self.closed_by_peer = closed.by_peer
+            self.close_code, self.close_reason = closed.code, closed.reason
 
-    async def _close_ws(self, code: int, reason: str) -> None:
+    async def _finish(self) -> None:
         # Shielded: this runs while the session is being cancelled, and a connection
         # must never be left open without a close frame.
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout_s):
-            await self.ws.aclose(code, reason or None)
-
-
-# ---------------------------------------------------------------------- batched writes
-
-MAX_BATCH_MESSAGES: Final = 32
-"""At most this many queued messages go out in one write (and at most send_queue_size / 8)."""
-
-
-def _can_batch(ws: object) -> bool:
-    # trio-websocket has no public "send several messages" call; its send path is
-    # wsproto.send() + one stream write under a lock. Batching uses the same private
-    # attributes (trio-websocket 0.12) and falls back to send_message without them.
-    return all(hasattr(ws, a) for a in ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket"))
-
-
-async def _send_batch(ws: trio_websocket.WebSocketConnection, batch: list[str | bytes]) -> None:
-    """Frame ``batch`` and write it with one ``send_all``, as ``send_message`` would one by one."""
-    if ws._close_reason:
-        raise trio_websocket.ConnectionClosed(ws._close_reason)
-    try:
-        data = b"".join(
-            ws._wsproto.send(TextMessage(data=m) if isinstance(m, str) else BytesMessage(data=m)) for m in batch
-        )
-    except LocalProtocolError:  # wsproto is closing (a close frame arrived): no more messages
-        raise trio_websocket.ConnectionClosed(ws._close_reason) from None
-    async with ws._stream_lock:
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise trio_websocket.ConnectionClosed(ws._close_reason) from None
+        wire = self.wire
+        deadline = self._close_deadline if self._close_deadline < math.inf else None
+        with trio.CancelScope(shield=True):
+            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + self.config.close_timeout_s):
+                if wire.closed is None:
+                    wire.start_close(self.close_code or CloseCode.NORMAL, self.close_reason or "")
+                await wire.finish()
+            await wire.aclose()

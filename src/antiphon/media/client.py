@@ -58,12 +58,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 from attrs import field, frozen
 
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.connect import open_client_websocket
 from antiphon.engine.session import Session, SessionConfig
+from antiphon.engine.wire import WebSocketWire
 from antiphon.errors import (
     ConfigError,
     HandshakeError,
@@ -375,7 +375,7 @@ class WebsocketClientTransport:
         self._events.fire("on_disconnected", self, conn)
 
     @asynccontextmanager
-    async def _dial(self) -> AsyncIterator[tuple[trio_websocket.WebSocketConnection, str]]:
+    async def _dial(self) -> AsyncIterator[tuple[WebSocketWire, str]]:
         p = self.params
         async with open_client_websocket(
             self.uri,

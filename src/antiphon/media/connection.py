@@ -245,7 +245,7 @@ class MediaSessionHandler(SessionHandler):
         session.nursery.start_soon(self.output.run)
         await self._opened(self)
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         conn = self.connection
         frame = self.serializer.deserialize(message)
         if frame is None:

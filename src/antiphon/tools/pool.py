@@ -33,16 +33,16 @@ Every pooled connection is a client :class:`~antiphon.engine.Session` (heartbeat
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 import trio
-import trio_websocket
 
 from antiphon.engine.connect import open_client_websocket
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
+from antiphon.engine.wire import WebSocketWire
 from antiphon.errors import ClosedWithoutReply, ConnectionClosed, OperationTimeout
 from antiphon.proto.close import CloseCode
 from antiphon.proto.utcp.message import Handshake
@@ -60,25 +60,26 @@ __all__ = [
 log = logging.getLogger("antiphon.tools")
 
 FRAME_BUFFER_SIZE: Final = 64
-"""Frames held for a slow stream reader; past this the receive task waits (TCP slows the server)."""
+"""Frames held for a slow stream reader; past this the connection stops reading (TCP slows the server)."""
 
 MAX_POOLED_CONNECTIONS: Final = 64
 """Idle entries beyond this are closed, least recently used first (rotating tokens leave old ones)."""
 
 
 Opener = Callable[
-    [Handshake, float, int], AbstractAsyncContextManager[tuple[trio.Nursery, trio_websocket.WebSocketConnection]]
+    [Handshake, float, int], AbstractAsyncContextManager[tuple[trio.Nursery, WebSocketWire]]
 ]
 """Opens the WebSocket for a handshake: ``opener(handshake, connect_timeout_s, max_message_size)``.
 
-The default, :func:`open_handshake`, dials TCP/TLS. Tests pass one that wraps a memory
-stream (trio-websocket's ``wrap_client_stream``), so timing runs on the autojump clock.
+The default, :func:`open_handshake`, dials TCP/TLS. Tests pass one that dials over a
+memory stream (``open_client_websocket(..., open_stream=...)``), so timing runs on the
+autojump clock.
 """
 
 
 def open_handshake(
     handshake: Handshake, connect_timeout_s: float, max_message_size: int
-) -> AbstractAsyncContextManager[tuple[trio.Nursery, trio_websocket.WebSocketConnection]]:
+) -> AbstractAsyncContextManager[tuple[trio.Nursery, WebSocketWire]]:
     """The default :data:`Opener`: :func:`~antiphon.engine.connect.open_client_websocket` (no redirects)."""
     return open_client_websocket(
         handshake.url,
@@ -97,21 +98,24 @@ class ToolConnection(SessionHandler):
         self.session: Session | None = None
         self._generation = 0
         self._active = False
-        self._frames_in, self._frames_out = trio.open_memory_channel[tuple[int, str | bytes]](FRAME_BUFFER_SIZE)
+        self._frames: deque[tuple[int, str | bytes]] = deque()
+        self._arrived = trio.lowlevel.ParkingLot()
+        self._ended = False
 
     # ------------------------------------------------------------------ engine hooks
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         if not self._active:
             log.debug("%s: dropping a frame that arrived while no call was in flight", self.url)
             return
-        try:
-            await self._frames_in.send((self._generation, message))
-        except trio.ClosedResourceError:
-            pass
+        self._frames.append((self._generation, message))
+        self._arrived.unpark()
+        if len(self._frames) >= FRAME_BUFFER_SIZE:
+            session.pause_reading()  # a slow stream reader: let TCP slow the server down
 
     def on_close(self, session: Session) -> None:
-        self._frames_in.close()
+        self._ended = True
+        self._arrived.unpark_all()
 
     # ------------------------------------------------------------------ calls
 
@@ -153,17 +157,21 @@ class ToolConnection(SessionHandler):
         generation = self._generation
         with trio.move_on_after(timeout_s) as scope:
             while True:
-                try:
-                    tag, frame = await self._frames_out.receive()
-                except trio.EndOfChannel:
-                    session = self.session
-                    code = session.close_code if session and session.close_code is not None else CloseCode.ABNORMAL
-                    reason = session.close_reason if session else None
-                    if replied:
-                        return None
-                    raise ClosedWithoutReply(
-                        code, reason, f"{what}: the server closed the connection ({code}) without replying"
-                    ) from None
+                if not self._frames:
+                    if self._ended:
+                        session = self.session
+                        code = session.close_code if session and session.close_code is not None else CloseCode.ABNORMAL
+                        reason = session.close_reason if session else None
+                        if replied:
+                            return None
+                        raise ClosedWithoutReply(
+                            code, reason, f"{what}: the server closed the connection ({code}) without replying"
+                        )
+                    await self._arrived.park()
+                    continue
+                tag, frame = self._frames.popleft()
+                if len(self._frames) < FRAME_BUFFER_SIZE // 2 and self.session is not None:
+                    self.session.resume_reading()
                 if tag == generation:
                     return frame
         assert scope.cancelled_caught

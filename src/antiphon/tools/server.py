@@ -260,7 +260,7 @@ class _ToolSession(SessionHandler):
     async def on_open(self, session: Session) -> None:
         session.nursery.start_soon(self._worker, session)
 
-    async def on_message(self, session: Session, message: str | bytes) -> None:
+    def on_message(self, session: Session, message: str | bytes) -> None:
         try:
             self._calls_in.send_nowait(message)
         except trio.WouldBlock:
