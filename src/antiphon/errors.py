@@ -18,6 +18,7 @@
     │   └── ConnectionClosed           the connection closed; carries ``code``, ``reason``
     │       └── ClosedWithoutReply     a tool server closed before it replied
     ├── OperationTimeout (TimeoutError)   a deadline passed (Trio's TooSlowError, translated)
+    ├── StoreError                     a transcript store could not be reached, read or written
     └── RemoteError                    the peer reported a failure in-protocol
         ├── ChatError                  the chat gateway sent an ``error`` event
         └── ToolCallError              a tool server sent ``tool_error``
@@ -47,6 +48,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "ResponseFormatError",
+    "StoreError",
     "TemplateError",
     "ToolCallError",
     "TransportError",
@@ -160,6 +162,10 @@ class ClosedWithoutReply(ConnectionClosed):
 
 class OperationTimeout(AntiphonError, TimeoutError):
     """An operation did not finish before its deadline."""
+
+
+class StoreError(AntiphonError):
+    """A transcript store could not be reached, read or written; the message says which store and why."""
 
 
 class RemoteError(AntiphonError):
