@@ -4,7 +4,7 @@ psycopg 3's async API runs on asyncio only, so this store runs the sync driver i
 worker threads: at most ``pool_size`` at once, each with a connection from a
 ``psycopg_pool.ConnectionPool`` (checked before use, so a restarted server costs no
 failed call). Writes are group-committed as in the SQLite store, one transaction at a
-time in pipeline mode; reads run beside them.
+time, each statement once per transaction with ``executemany``; reads run beside them.
 
 Same records and semantics as the SQLite store, in tables prefixed ``antiphon_`` (so a
 shared database is fine). The schema is created on first start and migrated forward
@@ -93,7 +93,7 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 _SAVE_RUN: Final = (
     "INSERT INTO antiphon_runs (run_id, connector, created_at, updated_at) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (run_id) DO UPDATE SET updated_at = excluded.updated_at"
+    " ON CONFLICT (run_id) DO UPDATE SET updated_at = GREATEST(antiphon_runs.updated_at, excluded.updated_at)"
 )
 # A message saved again under its number replaces the turn, reply and all (SQLite's INSERT OR REPLACE).
 _SAVE_MESSAGE: Final = (
@@ -107,7 +107,8 @@ _SAVE_REPLY: Final = (
     "UPDATE antiphon_turns SET agent = %s, reply = %s, status = %s, prompt_tokens = %s, candidates_tokens = %s,"
     " started_at = %s, finished_at = %s WHERE run_id = %s AND message_number = %s"
 )
-_TOUCH_RUN: Final = "UPDATE antiphon_runs SET updated_at = %s WHERE run_id = %s"
+_TOUCH_RUN: Final = "UPDATE antiphon_runs SET updated_at = GREATEST(updated_at, %s) WHERE run_id = %s"
+_WRITE_ORDER: Final = (_SAVE_RUN, _SAVE_MESSAGE, _SAVE_REPLY, _TOUCH_RUN)
 _LIST_RUNS: Final = (
     "SELECT r.run_id, r.connector, r.created_at, r.updated_at, COUNT(t.message_number)"
     " FROM antiphon_runs r LEFT JOIN antiphon_turns t ON t.run_id = r.run_id"
@@ -192,10 +193,16 @@ class PostgresStore:
 
     def _write_batch(self, writes: Sequence[_Write]) -> None:
         # The pool's context manager commits on a clean exit and rolls back on an exception.
-        with self._pool.connection(timeout=POOL_TIMEOUT_S) as conn, conn.pipeline():
-            for statements in writes:
-                for sql, params in statements:
-                    conn.execute(sql, params)
+        # One executemany per statement (prepared once, pipelined), in _WRITE_ORDER: a turn is
+        # inserted before any reply updates it; updated_at takes the latest time in any order.
+        rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITE_ORDER}
+        for statements in writes:
+            for sql, params in statements:
+                rows[sql].append(params)
+        with self._pool.connection(timeout=POOL_TIMEOUT_S) as conn, conn.cursor() as cur:
+            for sql in _WRITE_ORDER:
+                if rows[sql]:
+                    cur.executemany(sql, rows[sql])
 
 
 # --------------------------------------------------------------------------- plumbing

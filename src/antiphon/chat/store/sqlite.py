@@ -68,7 +68,7 @@ CREATE INDEX IF NOT EXISTS runs_by_update ON runs(updated_at);
 """
 
 _SAVE_RUN: Final = (
-    "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET updated_at = excluded.updated_at"
+    "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET updated_at = max(updated_at, excluded.updated_at)"
 )
 _SAVE_MESSAGE: Final = (
     "INSERT OR REPLACE INTO turns (run_id, message_number, message_id, message, context, received_at)"
@@ -78,7 +78,7 @@ _SAVE_REPLY: Final = (
     "UPDATE turns SET agent = ?, reply = ?, status = ?, prompt_tokens = ?, candidates_tokens = ?,"
     " started_at = ?, finished_at = ? WHERE run_id = ? AND message_number = ?"
 )
-_TOUCH_RUN: Final = "UPDATE runs SET updated_at = ? WHERE run_id = ?"
+_TOUCH_RUN: Final = "UPDATE runs SET updated_at = max(updated_at, ?) WHERE run_id = ?"
 _LIST_RUNS: Final = (
     "SELECT r.run_id, r.connector, r.created_at, r.updated_at, COUNT(t.message_number)"
     " FROM runs r LEFT JOIN turns t ON t.run_id = r.run_id"
