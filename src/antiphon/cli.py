@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--path", help="the path to serve at (default: /)")
     serve.add_argument("--shutdown-grace", type=float, metavar="S", help="time running turns get to finish on SIGINT/SIGTERM (default: 10)")
     serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
-    serve.add_argument("--store", metavar="PATH", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
+    serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
     serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sessions_sub.add_parser("show", help="print one run's transcript")
     show.add_argument("run_id", metavar="RUN_ID")
     for p in (listing, show):
-        p.add_argument("--store", metavar="PATH", help="the SQLite file or postgresql:// URL (default: as for serve)")
+        p.add_argument("--store", metavar="STORE", help="the SQLite file or postgresql:// URL (default: as for serve)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_sessions_list)
     show.set_defaults(run=_sessions_show)

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from antiphon.chat.report import transcript_json, transcript_text
 from antiphon.chat.store import (
@@ -26,6 +28,7 @@ from antiphon.chat.store import (
     read_runs,
 )
 from antiphon.chat.store.postgres import PostgresStore
+from antiphon.chat.store.records import decode_context, encode_context
 from antiphon.errors import ConfigError, StoreError
 from antiphon.proto.chat.messages import Response, StreamEnd, TokenUsage
 from tests.chat.conftest import SECRET, memory_gateway
@@ -187,6 +190,24 @@ async def test_reply_record_of_a_final_event() -> None:
     )  # fmt: skip
     response = Response(id="m", agent="bot", response="whole", token_usage=usage)
     assert ReplyRecord.of_final_event(response, run_id="r", message_number=2, started_at=1.0, finished_at=2.0).text == "whole"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=4))
+def test_any_context_round_trips_or_raises_store_error(context: dict[str, Any]) -> None:
+    """encode_context/decode_context: a JSON context comes back equal, or encoding raises StoreError (ints past 64 bits)."""
+    try:
+        text = encode_context(context)
+    except StoreError:
+        return
+    assert decode_context(text) == context
 
 
 # --------------------------------------------------------------------------- SQLite specifics

@@ -194,7 +194,11 @@ class TranscriptStore(Protocol):
 
 
 def encode_context(context: dict[str, Any]) -> str:
-    """A context as compact JSON text; raise :class:`StoreError` if it cannot be (too deep, not JSON)."""
+    """A context as compact JSON text; raise :class:`StoreError` if it cannot be (too deep, not JSON).
+
+    Integers must fit in 64 bits; NaN and infinities, which JSON cannot carry, become null
+    (neither can come from the wire: the gateway's decoder refuses them).
+    """
     try:
         return orjson.dumps(context).decode()
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
