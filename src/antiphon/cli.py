@@ -24,7 +24,14 @@ from antiphon.chat.config import (
 )
 from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
-from antiphon.chat.store import MemoryStore, SqliteStore, read_run, read_runs
+from antiphon.chat.store import (
+    PostgresUrl,
+    StoreLocation,
+    TranscriptStore,
+    open_store,
+    read_run,
+    read_runs,
+)
 from antiphon.errors import AntiphonError
 from antiphon.tuning import tune_gc
 
@@ -51,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--path", help="the path to serve at (default: /)")
     serve.add_argument("--shutdown-grace", type=float, metavar="S", help="time running turns get to finish on SIGINT/SIGTERM (default: 10)")
     serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
-    serve.add_argument("--store", metavar="PATH", help="transcript store: a SQLite file, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
+    serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
     serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
@@ -63,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sessions_sub.add_parser("show", help="print one run's transcript")
     show.add_argument("run_id", metavar="RUN_ID")
     for p in (listing, show):
-        p.add_argument("--store", metavar="PATH", help="the SQLite file (default: as for serve)")
+        p.add_argument("--store", metavar="STORE", help="the SQLite file or postgresql:// URL (default: as for serve)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_sessions_list)
     show.set_defaults(run=_sessions_show)
@@ -136,20 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(setup: GatewaySetup) -> None:
-    store: SqliteStore | MemoryStore | None = None
-    if setup.store == "memory":
-        store = MemoryStore()
-    elif setup.store is not None:
-        store = SqliteStore(setup.store)
-    try:
+    if setup.store is None:
+        await _serve_gateway(setup, None)
+        return
+    async with open_store(setup.store) as store:
         await _serve_gateway(setup, store)
-    finally:
-        if isinstance(store, SqliteStore):
-            with trio.CancelScope(shield=True):
-                await store.aclose()
 
 
-async def _serve_gateway(setup: GatewaySetup, store: SqliteStore | MemoryStore | None) -> None:
+async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None) -> None:
     gateway = ChatGateway(setup.connectors, setup.server, setup.session, store=store, retention_s=setup.retention_s)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -181,10 +182,10 @@ async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.Cancel
 # --------------------------------------------------------------------------- sessions
 
 
-def _store_file(args: argparse.Namespace) -> Path:
-    location = store_location(args.store)
-    if not isinstance(location, Path):
-        raise AntiphonError(f"--store {args.store}: only a SQLite file keeps transcripts to read")
+def _store_file(args: argparse.Namespace) -> Path | PostgresUrl:
+    location: StoreLocation | None = store_location(args.store)
+    if not isinstance(location, Path | PostgresUrl):
+        raise AntiphonError(f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read")
     return location
 
 

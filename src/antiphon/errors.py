@@ -21,6 +21,7 @@
     │       ├── ConnectionClosedError  ... with any other code, or without a close frame (1006)
     │       └── ClosedWithoutReply     a tool server closed before it replied
     ├── OperationTimeout (TimeoutError)   a deadline passed (Trio's TooSlowError, translated)
+    ├── StoreError                     a transcript store could not be reached, read or written
     └── RemoteError                    the peer reported a failure in-protocol
         ├── ChatError                  the chat gateway sent an ``error`` event
         └── ToolCallError              a tool server sent ``tool_error``
@@ -53,6 +54,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "ResponseFormatError",
+    "StoreError",
     "TemplateError",
     "ToolCallError",
     "TransportError",
@@ -191,6 +193,10 @@ class ClosedWithoutReply(ConnectionClosed):
 
 class OperationTimeout(AntiphonError, TimeoutError):
     """An operation did not finish before its deadline."""
+
+
+class StoreError(AntiphonError):
+    """A transcript store could not be reached, read or written; the message says which store and why."""
 
 
 class RemoteError(AntiphonError):

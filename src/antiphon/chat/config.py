@@ -9,7 +9,7 @@
     ping_interval = 20
     ping_timeout = 20
     max_message_size = 1048576
-    store = "~/.local/state/antiphon/transcripts.db"   # or "memory", or "none"
+    store = "~/.local/state/antiphon/transcripts.db"   # or "postgresql://...", "memory", "none"
     retention_days = 30         # transcripts idle longer are deleted; 0 keeps them forever
 
     [[connectors]]
@@ -30,13 +30,17 @@ import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
 
 from attrs import field, frozen
 
 from antiphon.chat.agents import DEMO_AGENT_SPEC, Agent, load_agent
 from antiphon.chat.gateway import Connector
-from antiphon.chat.store import default_store_path
+from antiphon.chat.store import (
+    POSTGRES_SCHEMES,
+    PostgresUrl,
+    StoreLocation,
+    default_store_path,
+)
 from antiphon.engine.server import ServerConfig
 from antiphon.engine.session import SessionConfig
 from antiphon.errors import ConfigError, DecodeError
@@ -96,8 +100,8 @@ class GatewaySetup:
     connectors: list[Connector]
     generated_secrets: dict[str, str]
     """Secrets made up for connectors that had none, by path: print them for the operator."""
-    store: Path | Literal["memory"] | None
-    """Where transcripts go: a SQLite file, ``"memory"``, or None for nowhere."""
+    store: StoreLocation | None
+    """Where transcripts go: a SQLite file, a PostgreSQL URL, ``"memory"``, or None for nowhere."""
     retention_s: float | None
 
 
@@ -179,7 +183,7 @@ def build(
     return GatewaySetup(server, session, connectors, generated, store_location(spec.store), retention)
 
 
-def store_location(value: str | None) -> Path | Literal["memory"] | None:
+def store_location(value: str | None) -> StoreLocation | None:
     """Where ``store = ...`` (or ``--store``) points: None means the default file."""
     if value is None:
         return default_store_path()
@@ -187,4 +191,6 @@ def store_location(value: str | None) -> Path | Literal["memory"] | None:
         return None
     if value == "memory":
         return "memory"
+    if value.startswith(POSTGRES_SCHEMES):
+        return PostgresUrl(value)
     return Path(value).expanduser()

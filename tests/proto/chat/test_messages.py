@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from antiphon.errors import DecodeError
 from antiphon.proto.chat.messages import (
+    CONTEXT_MAX_DEPTH,
     Ack,
     Auth,
     Cancel,
@@ -190,3 +191,58 @@ def test_resumed_event_shape() -> None:
     assert json.loads(encode_event(event)) == {
         "type": "resumed", "connector_run_id": "r", "last_seq": 12, "replayed": 3, "complete": False
     }
+
+
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize("form", ["envelope", "shorthand"])
+def test_context_nesting_is_bounded_at_decode(form: str) -> None:
+    """A context nested CONTEXT_MAX_DEPTH levels decodes; one level more is a located DecodeError."""
+    def frame(context: Any) -> str:
+        if form == "envelope":
+            return json.dumps({"type": "message", "payload": {"message": "x", "context": context}})
+        return json.dumps({"message": "x", "context": context})
+
+    ok = {"k": _nested(CONTEXT_MAX_DEPTH - 1)}
+    decoded = decode_client_message(frame(ok))
+    assert isinstance(decoded, UserMessage) and decoded.context == ok
+    where = "$.payload.context" if form == "envelope" else "$.context"
+    with pytest.raises(DecodeError) as info:
+        decode_client_message(frame({"k": _nested(CONTEXT_MAX_DEPTH)}))
+    assert str(info.value) == f"{where}: nested deeper than {CONTEXT_MAX_DEPTH} levels"
+
+
+def test_a_context_1000_deep_is_refused_not_stored() -> None:
+    """The 1000-deep context orjson accepts (it stops at 1024) is refused before anything recurses into it."""
+    text = '{"message": "x", "context": {"a": ' + "[" * 999 + "]" * 999 + "}}"
+    with pytest.raises(DecodeError, match=r"^\$\.context: nested deeper than 64 levels$"):
+        decode_client_message(text)
+
+
+_nests = st.recursive(
+    st.integers() | st.text(max_size=3),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=2), kids, max_size=3),
+    max_leaves=80,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_nests)
+def test_context_depth_check_matches_the_json_depth(value: Any) -> None:
+    """Any context decodes exactly when its nesting (the context object counted) is within the bound."""
+    def depth(v: Any) -> int:
+        children = list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else []
+        return 1 + max(map(depth, children), default=0) if isinstance(v, dict | list) else 0
+
+    context = {"v": _nested(CONTEXT_MAX_DEPTH - 3, value)}
+    frame = json.dumps({"message": "x", "context": context})
+    if depth(context) <= CONTEXT_MAX_DEPTH:
+        assert decode_client_message(frame) == UserMessage("x", context=context)
+    else:
+        with pytest.raises(DecodeError, match="nested deeper than"):
+            decode_client_message(frame)

@@ -27,7 +27,9 @@ codes below; the README's protocol table is generated from the same facts.
 One private cattrs converter (``_converter``) serves this schema family. Decoding never
 raises anything but :class:`~antiphon.errors.DecodeError`, whose text locates the
 problem (``$.payload.message: expected a string, got an integer``) and is safe to send
-back to the peer.
+back to the peer. A ``context`` may nest objects and lists :data:`CONTEXT_MAX_DEPTH`
+levels deep; a deeper one is refused here (``invalid_message``), so nothing downstream
+(the store, an agent's own code) has to recurse that far.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from antiphon.errors import DecodeError
 from antiphon.proto._codec import dumps, expect_object, loads, make_converter, structure
 
 __all__ = [
+    "CONTEXT_MAX_DEPTH",
     "Ack",
     "Auth",
     "Cancel",
@@ -93,6 +96,9 @@ class ErrorCode(enum.StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     INTERNAL_ERROR = "internal_error"
 
+
+CONTEXT_MAX_DEPTH: Final = 64
+"""Nesting levels a message's ``context`` may have (``{}`` is one): ample for metadata, far from any recursion limit."""
 
 MessageId: TypeAlias = str | int
 """A turn's id: whatever the client sent (string or integer), echoed back unchanged."""
@@ -370,7 +376,21 @@ def _user_message(
         raise DecodeError(f"{where}.message: must not be empty")
     if isinstance(id, str) and not id:
         raise DecodeError("$.id: must not be empty")
+    if context and _nesting_exceeds(context, CONTEXT_MAX_DEPTH):
+        raise DecodeError(f"{where}.context: nested deeper than {CONTEXT_MAX_DEPTH} levels")
     return UserMessage(message=text, id=id, context=context or {}, agent=agent)
+
+
+def _nesting_exceeds(value: dict[str, Any], limit: int) -> bool:
+    """Whether objects and lists in ``value`` nest more than ``limit`` levels (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def encode_client_message(message: ClientMessage) -> str:
