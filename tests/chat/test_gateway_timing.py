@@ -146,7 +146,7 @@ async def test_graceful_shutdown_lets_the_running_turn_finish(autojump_clock: An
 
 
 async def test_shutdown_grace_is_bounded(autojump_clock: Any) -> None:
-    """A turn longer than the grace period is cut off: close 1001 exactly when the grace ends."""
+    """A turn longer than the grace is cut off when it ends: its stream_end says `cancelled`, then close 1001."""
     async with memory_gateway(connector(slow_agent)) as (gateway, client):
         await client.handshake(AUTHED)
         await client.receive_json()
@@ -156,6 +156,9 @@ async def test_shutdown_grace_is_bounded(autojump_clock: Any) -> None:
         t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gateway.shutdown, 5.0)
+            end = await client.receive_json()
+            assert (end["type"], end["status"], trio.current_time() - t0) == ("stream_end", "cancelled", 5.0)
+            assert (await client.receive_json())["code"] == "server_shutdown"
             assert (await client.expect_close()).code == 1001
             assert trio.current_time() - t0 == 5.0
 

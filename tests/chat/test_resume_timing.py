@@ -202,17 +202,17 @@ async def test_resume_takes_over_from_a_ghost_connection(autojump_clock: Any) ->
 
 
 async def test_runaway_reply_ends_the_turn_failed(autojump_clock: Any) -> None:
-    """An endless agent is cut off at max_reply_chars: agent_error, then stream_end `failed` with what fits."""
+    """An endless agent is cut off at max_reply_bytes: agent_error, then stream_end `failed` with what fits."""
 
     async def endless(turn: Turn) -> AsyncIterator[str]:
         while True:
             yield "abcd"
 
-    async with memory_gateway(connector(endless, max_reply_chars=10)) as (_, client):
+    async with memory_gateway(connector(endless, max_reply_bytes=10)) as (_, client):
         await client.handshake(AUTHED)
         await client.receive_json()
         await client.send_json({"type": "message", "id": "t", "payload": {"message": "go"}})
         kinds = [await client.receive_json() for _ in range(6)]
         assert [k["type"] for k in kinds] == ["ack", "stream_start", "stream_chunk", "stream_chunk", "error", "stream_end"]
-        assert kinds[4]["code"] == "agent_error" and "max_reply_chars" in kinds[4]["message"]
+        assert kinds[4]["code"] == "agent_error" and "max_reply_bytes" in kinds[4]["message"]
         assert (kinds[5]["status"], kinds[5]["full_response"]) == ("failed", "abcdabcd")

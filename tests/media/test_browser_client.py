@@ -30,7 +30,13 @@ from urllib.parse import quote
 import pytest
 import trio
 
-from antiphon.media import AudioRawFrame, InterruptionFrame, MediaFrame, MessageFrame, ProtobufFrameSerializer
+from antiphon.media import (
+    AudioRawFrame,
+    InterruptionFrame,
+    MediaFrame,
+    MessageFrame,
+    ProtobufFrameSerializer,
+)
 from antiphon.media.browser import (
     BROWSER_CHUNK_MS,
     BROWSER_MIC_SAMPLE_RATE_HZ,

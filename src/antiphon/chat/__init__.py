@@ -3,7 +3,8 @@
 from antiphon.chat.agents import Agent, AgentReply, Turn, demo_agent, load_agent
 from antiphon.chat.client import ChatClient, Reply, open_chat
 from antiphon.chat.gateway import ChatGateway, ChatSessionHandler, Connector, serve_chat
-from antiphon.proto.chat.session import ChatSettings, HistoryEntry
+from antiphon.proto.chat.run import HistoryEntry
+from antiphon.proto.chat.settings import ChatSettings
 
 __all__ = [
     "Agent",

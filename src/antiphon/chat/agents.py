@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import trio
@@ -25,7 +25,7 @@ from attrs import define, frozen
 
 from antiphon.errors import ConfigError
 from antiphon.proto.chat.messages import MessageId, TokenUsage
-from antiphon.proto.chat.session import HistoryEntry
+from antiphon.proto.chat.run import HistoryEntry
 
 __all__ = ["Agent", "AgentReply", "Turn", "check_chunk", "demo_agent", "load_agent", "start_agent", "whole_reply"]
 
@@ -36,7 +36,8 @@ class Turn:
 
     message: str
     context: Mapping[str, Any]
-    history: tuple[HistoryEntry, ...]
+    history: Sequence[HistoryEntry]
+    """Earlier turns, oldest first (immutable; index, slice, iterate, len)."""
     session_id: str
     message_id: MessageId
     message_number: int

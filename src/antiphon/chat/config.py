@@ -45,8 +45,7 @@ from antiphon.engine.server import ServerConfig
 from antiphon.engine.session import SessionConfig
 from antiphon.errors import ConfigError, DecodeError
 from antiphon.proto._codec import make_converter, structure
-from antiphon.proto.chat.run import REPLAY_MAX_BYTES
-from antiphon.proto.chat.session import ChatSettings
+from antiphon.proto.chat.settings import MAX_REPLY_BYTES, REPLAY_MAX_BYTES, ChatSettings
 
 __all__ = ["ConnectorSpec", "GatewaySetup", "GatewaySpec", "build", "load_file", "store_location"]
 
@@ -68,7 +67,7 @@ class ConnectorSpec:
     auth_timeout: float = 10.0
     max_queued_turns: int = 16
     resume_grace: float = 60.0
-    max_reply_chars: int = 1_000_000
+    max_reply_bytes: int = MAX_REPLY_BYTES
     history_max_chars: int = 1_000_000
     replay_max_bytes: int = REPLAY_MAX_BYTES
     agent: str | None = None
@@ -170,7 +169,7 @@ def build(
                 auth_timeout_s=c.auth_timeout,
                 max_queued_turns=c.max_queued_turns,
                 resume_grace_s=c.resume_grace,
-                max_reply_chars=c.max_reply_chars,
+                max_reply_bytes=c.max_reply_bytes,
                 history_max_chars=c.history_max_chars,
                 replay_max_bytes=c.replay_max_bytes,
             )

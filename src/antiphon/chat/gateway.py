@@ -4,9 +4,12 @@ The protocol decisions live in the sans-IO :class:`~antiphon.proto.chat.session.
 (one per connection) and :class:`~antiphon.proto.chat.run.ChatRun` (one per
 conversation); this module is the Trio half. For each connection a
 :class:`ChatSessionHandler` runs on the session engine: frames go into the
-``ChatSession``, and the actions that come out are carried out. The conversation's
-tasks (storing, agent turns) belong to a :class:`~antiphon.chat.runs.LiveRun` in the
-gateway's runs nursery, so a run survives a dropped connection and can be resumed.
+``ChatSession``, and the actions that come out are carried out. Every frame the
+connection sends - the session's own events and the run's numbered ones - goes out
+through :meth:`ChatSessionHandler.deliver`, its one outgoing path. The conversation's
+tasks belong to a :class:`~antiphon.chat.runs.LiveRun` in the gateway's runs nursery,
+made when the client authenticates, so a run survives a dropped connection and can be
+resumed, and a client that never authenticates costs nothing but its connection.
 """
 
 from __future__ import annotations
@@ -25,18 +28,13 @@ from antiphon.engine.server import Accept as AcceptHandshake
 from antiphon.engine.server import HandshakeRequest, Reject, ServerConfig, SessionServer
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.errors import ConfigError
-from antiphon.proto.chat.messages import (
-    ErrorCode,
-    ErrorEvent,
-    ServerEvent,
-    encode_event,
-)
+from antiphon.proto.chat.messages import ErrorCode, ErrorEvent, encode_event
+from antiphon.proto.chat.run import ChatRun
 from antiphon.proto.chat.session import (
     Accept,
     Action,
     CancelTurn,
     ChatSession,
-    ChatSettings,
     Close,
     HandshakeAuth,
     ResumeRun,
@@ -44,6 +42,7 @@ from antiphon.proto.chat.session import (
     SetTimer,
     check_handshake_secret,
 )
+from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
 __all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
@@ -80,18 +79,22 @@ class Connector:
 
 
 class ChatSessionHandler(SessionHandler):
-    """Runs one chat connection: the sans-IO :class:`ChatSession` over a :class:`LiveRun`."""
+    """Runs one chat connection: the sans-IO :class:`ChatSession`, over a :class:`LiveRun` once authenticated."""
 
     def __init__(self, registry: RunRegistry, connector: Connector, *, authenticated: bool) -> None:
         self.registry = registry
         self.connector = connector
-        self.run: LiveRun = registry.create(connector.path, connector.settings, connector.agents)
-        self.chat = ChatSession(connector.settings, self.run.state, authenticated=authenticated)
+        self.run: LiveRun | None = None
+        self.chat = ChatSession(connector.settings, authenticated=authenticated, new_run=self._new_run)
         self.session: Session | None = None
+
+    def _new_run(self) -> ChatRun:
+        run = self.run = self.registry.create(self.connector.path, self.connector.settings, self.connector.agents)
+        run.attach(self)
+        return run.state
 
     async def on_open(self, session: Session) -> None:
         self.session = session
-        self.run.attach(self)
         self._apply(self.chat.open())
 
     def on_message(self, session: Session, message: str | bytes) -> None:
@@ -105,10 +108,17 @@ class ChatSessionHandler(SessionHandler):
 
     def on_close(self, session: Session) -> None:
         self.session = None
-        self.run.detach(self, code=session.close_code or CloseCode.ABNORMAL, by_peer=session.closed_by_peer)
+        if self.run is not None:
+            self.run.detach(self, code=session.close_code or CloseCode.ABNORMAL, by_peer=session.closed_by_peer)
         log.debug("session %s closed: %s %s", session.id, session.close_code, session.close_reason)
 
     # ------------------------------------------------------------------ RunHolder
+
+    def deliver(self, text: str) -> None:
+        """Send one frame on this connection: the one path every outgoing frame takes."""
+        session = self.session
+        if session is not None:
+            session.send_nowait(text)
 
     def turn_ended(self) -> None:
         self._apply(self.chat.turn_ended())
@@ -124,19 +134,21 @@ class ChatSessionHandler(SessionHandler):
         if session is None:
             return
         for action in actions:
-            if isinstance(action, Send):
-                session.send_nowait(encode_event(action.event))
-            elif isinstance(action, Accept):
+            if isinstance(action, Accept):
+                assert self.run is not None
                 self.run.accept(action.request)
-            elif isinstance(action, CancelTurn):
-                self.run.cancel(action.id)
             elif isinstance(action, SetTimer):
                 session.set_timer(action.seconds)
+            elif isinstance(action, Send):
+                self.deliver(encode_event(action.event))
+            elif isinstance(action, CancelTurn):
+                assert self.run is not None
+                self.run.cancel(action.id)
             elif isinstance(action, ResumeRun):
                 self._resume(session, action.run_id, action.last_seq)
             elif isinstance(action, Close):
                 if action.event is not None:
-                    session.send_nowait(encode_event(action.event))
+                    self.deliver(encode_event(action.event))
                 session.close(action.code, action.reason)
 
     def _resume(self, session: Session, run_id: str, last_seq: int) -> None:
@@ -145,21 +157,23 @@ class ChatSessionHandler(SessionHandler):
             self._apply(self.chat.resume_failed(run_id))
             return
         fresh, self.run = self.run, target
-        fresh.detach(self, code=CloseCode.NORMAL, by_peer=True)  # the run made for this connection is unused
-        target.claim(self)  # events are only logged until the replay has caught up
+        if fresh is not None:
+            fresh.detach(self, code=CloseCode.NORMAL, by_peer=True)  # unused: a resume comes before any message
+        target.claim(self)  # frames are only logged until the replay has caught up
         replay, actions = self.chat.attach(target.state, last_seq)
         self._apply(actions)
         session.nursery.start_soon(self._replay, session, target, replay[-1][0] if replay else last_seq, replay)
 
-    async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, ServerEvent]]) -> None:
+    async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, str]]) -> None:
         # Replay under backpressure, then keep replaying whatever was logged meanwhile;
-        # attach with no checkpoint after the last look, so no event falls in between.
+        # attach with no checkpoint after the last look, so no frame falls in between.
         batch = first
         while batch:
-            for seq, event in batch:
+            for seq, text in batch:
                 await session.wait_for_room()
-                session.send_nowait(encode_event(event, seq))
+                self.deliver(text)
                 through = seq
+            session.flush()
             batch, _ = run.state.replay_after(through)
         run.attach(self)
 
@@ -211,6 +225,12 @@ class ChatGateway(SessionServer):
             finally:
                 runs.cancel_scope.cancel()
 
+    async def grace_expired(self) -> None:
+        """The shutdown grace is over: end every run, each turn with a final ``cancelled`` event, stored so."""
+        if self.registry is not None:
+            with trio.move_on_after(self.session_config.close_timeout_s):
+                await self.registry.end_all()
+
     async def _sweep(self, store: TranscriptStore, retention_s: float) -> None:
         while True:
             try:
@@ -234,7 +254,7 @@ class ChatGateway(SessionServer):
         if self.registry is None:
             raise RuntimeError("ChatGateway.run() is not running")
         handler = ChatSessionHandler(self.registry, connector, authenticated=auth is HandshakeAuth.ACCEPTED)
-        return AcceptHandshake(handler, session_id=handler.run.run_id)
+        return AcceptHandshake(handler)
 
 
 async def serve_chat(
@@ -254,3 +274,4 @@ async def serve_chat(
     """
     gateway = ChatGateway(connectors, config, session_config, store=store, retention_s=retention_s)
     await gateway.run(task_status=task_status)  # type: ignore[arg-type]
+

@@ -2,38 +2,53 @@
 
 Theory of operation
 -------------------
-Each run (``connector_run_id``) is a :class:`LiveRun`: a sans-IO
-:class:`~antiphon.proto.chat.run.ChatRun` plus two tasks in the gateway's *runs
-nursery* (not in any connection's nursery):
+Each run (``connector_run_id``) is a :class:`LiveRun`: the sans-IO
+:class:`~antiphon.proto.chat.run.ChatRun`, which numbers events, keeps the replay log
+and produces every frame's wire text, plus what only Trio can do - run turns, store
+transcripts, keep time. A run is made when a client authenticates; its tasks live in
+the gateway's *runs nursery*, not in any connection's, and start with its first
+message, so an idle connection costs no run task.
 
-* **ingest** stores each accepted message (when a store is configured) and only then
-  acks it and queues its turn, so an acked message is never lost;
-* **turns** runs the agent of each queued turn, one at a time, in order, each in its
-  own cancel scope (``cancel`` stops just that turn).
+* **turns** is one long-lived task per run. It runs each accepted turn, one at a time,
+  in order, each in its own cancel scope (``cancel`` stops just that turn). Handing it
+  a message costs a list append and a wake-up, never a channel or a new task; and it
+  runs the turn *corked*: whatever the turn sends waits in the connection's buffer
+  until the turn blocks or ends, so a turn that answers at once - the ack the receive
+  task left corked, then the whole reply - costs one write. The corked bytes are
+  flushed before every suspension (see :func:`~antiphon.engine._util.around_suspensions`),
+  so a turn awaiting a model never holds back what it already said.
+* **ingest** exists only with a transcript store: it stores each accepted message
+  (group-committed with other runs' writes) and only then acks it and queues its turn,
+  so an acked message is never lost. A turn's reply is stored *before* its final event
+  is sent, so a client never holds a reply the store lacks.
 
-At most one connection is *attached* to a run and receives its events live. Every
-conversation event gets its ``seq`` at the moment it is queued on that connection, so
-``seq`` is in order on the wire; it is also logged for replay. When the connection
-drops abnormally (no close frame, 1001, a dead or stalled peer) the run carries on
-detached for ``resume_grace_s``: a client that resumes within it gets what it missed
-and the rest live. When the grace passes, or the client closed normally (1000), or
-the server ended the session on purpose (expiry, limits, shutdown), the run ends: a
-running turn is cancelled and its partial reply stored with status ``cancelled``.
+At most one connection is *attached* and receives the run's frames live; every frame
+goes out through that connection's one outgoing path. When it drops abnormally (no
+close frame, 1001, a dead or stalled peer) the run carries on detached for
+``resume_grace_s`` - a client that resumes within it gets what it missed, then the rest
+live - and the registry's single reaper ends it when the grace passes. A run also ends
+when its client closed normally (1000), when the server ended the session on purpose
+(expiry, limits), or at shutdown. Ending a run ends every turn it still has, running or
+queued, with a final ``cancelled`` event, stored as such.
 """
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import logging
+import math
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
+from antiphon.engine._util import around_suspensions
 from antiphon.engine.session import Session
 from antiphon.proto.chat.messages import (
     Ack,
@@ -47,17 +62,15 @@ from antiphon.proto.chat.messages import (
     encode_event,
 )
 from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
+from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
-
-if TYPE_CHECKING:
-    from antiphon.proto.chat.session import ChatSettings
 
 __all__ = ["LiveRun", "RunHolder", "RunRegistry"]
 
 log = logging.getLogger("antiphon.chat")
 
 STORE_TIMEOUT_S: Final = 10.0
-"""How long storing a cancelled turn's partial reply may take while its run is ending."""
+"""How long storing a turn's reply may hold back its final event (the event is sent anyway after)."""
 
 # Close codes with which the *server* ends a session on purpose: the run ends with it.
 _FINAL_SERVER_CODES: Final = frozenset(
@@ -79,6 +92,9 @@ class RunHolder(Protocol):
 
     session: Session | None
 
+    def deliver(self, text: str) -> None:
+        """Send one frame's text on the connection (the one outgoing path)."""
+
     def turn_ended(self) -> None: ...
 
     def run_lost(self, code: int, reason: str) -> None: ...
@@ -88,65 +104,74 @@ class LiveRun:
     """One conversation's tasks and state; see the module docstring."""
 
     def __init__(
-        self,
-        registry: RunRegistry,
-        path: str,
-        settings: ChatSettings,
-        agents: Mapping[str, Agent],
-        store: TranscriptStore | None,
+        self, registry: RunRegistry, path: str, settings: ChatSettings, agents: Mapping[str, Agent], run_id: str
     ) -> None:
         self.registry = registry
         self.path = path
         self.settings = settings
         self.agents = agents
-        self.store = store
-        self.state: ChatRun = settings.new_run(uuid.uuid4().hex, tuple(agents))
+        self.store = registry.store
+        self.state = ChatRun(run_id, settings, tuple(agents))
         self.holder: RunHolder | None = None
         self.claimant: RunHolder | None = None
         self.ended = False
+        self.grace_deadline = math.inf
         self._scope = trio.CancelScope()
         self._started = False
-        self._ingest_in: trio.MemorySendChannel[TurnRequest]
-        self._ingest_out: trio.MemoryReceiveChannel[TurnRequest]
-        self._turns_in: trio.MemorySendChannel[TurnRequest]
-        self._turns_out: trio.MemoryReceiveChannel[TurnRequest]
+        self._done = trio.Event()
+        self._turns: deque[TurnRequest] = deque()
+        self._turns_ready = trio.lowlevel.ParkingLot()
+        self._ingest: deque[TurnRequest] = deque()
+        self._ingest_ready = trio.lowlevel.ParkingLot()
         self._current: tuple[TurnRequest, trio.CancelScope] | None = None
-        self._reattached = trio.Event()
+        self._idle = False  # the turns task is parked, waiting for a turn
+        self._corked: Session | None = None
 
     @property
     def run_id(self) -> str:
         return self.state.run_id
 
+    @property
+    def session(self) -> Session | None:
+        """The attached connection's session, if a connection is attached."""
+        return self.holder.session if self.holder is not None else None
+
     # ------------------------------------------------------------------ lifecycle
 
     def _ensure_started(self) -> None:
         # The tasks start with the first accepted message: an idle connection costs
-        # no run tasks at all (ten thousand idle sessions are the benchmark's case).
+        # no run task at all (ten thousand idle sessions are the benchmark's case).
         if not self._started:
             self._started = True
-            # Unbounded: ChatRun already bounds accepted turns (max_queued_turns).
-            self._ingest_in, self._ingest_out = trio.open_memory_channel[TurnRequest](float("inf"))
-            self._turns_in, self._turns_out = trio.open_memory_channel[TurnRequest](float("inf"))
-            self.registry.nursery.start_soon(self.main)
+            self.registry.nursery.start_soon(self._main)
 
-    async def main(self) -> None:
-        """The run's tasks; returns when the run ends."""
+    async def _main(self) -> None:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._ingest_loop)
+                    if self.store is not None:
+                        nursery.start_soon(self._ingest_loop)
                     nursery.start_soon(self._turn_loop)
         finally:
+            with trio.CancelScope(shield=True):
+                await self._end_pending_turns()
             self.ended = True
             self.registry._forget(self)
+            self._done.set()
 
     def end(self) -> None:
-        """End the run now: its running turn is cancelled and stored as such."""
+        """End the run now: every turn it still has ends ``cancelled`` (stored so)."""
         self.ended = True
+        self.grace_deadline = math.inf
         if self._started:
             self._scope.cancel()
         else:
             self.registry._forget(self)
+            self._done.set()
+
+    async def wait_ended(self) -> None:
+        """Return once :meth:`end` has finished: every turn has its final event."""
+        await self._done.wait()
 
     def claim(self, holder: RunHolder) -> None:
         """A resume begins: the run stops sending live and will be attached once replay caught up.
@@ -154,14 +179,14 @@ class LiveRun:
         Any connection that held the run is closed with 4409; the grace period stops.
         """
         previous, self.holder, self.claimant = self.holder, None, holder
-        self._reattached.set()
+        self.grace_deadline = math.inf
         if previous is not None and previous is not holder:
             previous.run_lost(CloseCode.RESUMED_ELSEWHERE, "the session was resumed on another connection")
 
     def attach(self, holder: RunHolder) -> None:
-        """Make ``holder`` the connection that receives this run's events live."""
+        """Make ``holder`` the connection that receives this run's frames live."""
         self.holder, self.claimant = holder, None
-        self._reattached.set()
+        self.grace_deadline = math.inf
 
     def detach(self, holder: RunHolder, *, code: int, by_peer: bool) -> None:
         """``holder``'s connection ended with ``code``: end the run, or keep it for a resume."""
@@ -175,34 +200,20 @@ class LiveRun:
         if not lost_in_transit or self.settings.resume_grace_s <= 0:
             self.end()
             return
-        self._reattached = trio.Event()
-        self.registry.nursery.start_soon(self._grace, self._reattached)
+        self.registry.hold(self, trio.current_time() + self.settings.resume_grace_s)
 
-    async def _grace(self, reattached: trio.Event) -> None:
-        with trio.move_on_after(self.settings.resume_grace_s):
-            await reattached.wait()
-            return
-        if self.holder is None and self.claimant is None:
-            log.info("run %s: not resumed within %gs, ending it", self.run_id, self.settings.resume_grace_s)
-            self.end()
-
-    # ------------------------------------------------------------------ events
-
-    @property
-    def _session(self) -> Session | None:
-        """The attached connection's session, if a connection is attached."""
-        return self.holder.session if self.holder is not None else None
+    # ------------------------------------------------------------------ frames out
 
     def emit(self, event: ServerEvent) -> None:
-        """Number ``event``, log it for replay, and send it to the attached connection."""
-        seq = self.state.emit(event)
-        session = self._session
-        if session is not None:
-            session.send_nowait(encode_event(event, seq))
+        """Number ``event``, log its frame for replay, and send it to the attached connection."""
+        text = self.state.emit(event)
+        holder = self.holder
+        if holder is not None:
+            holder.deliver(text)
 
     async def emit_wait(self, event: ServerEvent) -> None:
         """:meth:`emit`, after waiting for room on the connection (a slow reader slows the agent)."""
-        session = self._session
+        session = self.session
         if session is not None:
             await session.wait_for_room()
         else:
@@ -213,19 +224,24 @@ class LiveRun:
 
     def notify(self, event: ErrorEvent) -> None:
         """Send a connection-level event (no ``seq``) to the attached connection, if any."""
-        session = self._session
-        if session is not None:
-            session.send_nowait(encode_event(event))
+        holder = self.holder
+        if holder is not None:
+            holder.deliver(encode_event(event))
 
     # ------------------------------------------------------------------ messages and turns
 
     def accept(self, request: TurnRequest) -> None:
-        """An accepted message: ack and queue it (after storing it, when there is a store)."""
+        """An accepted message: ack and queue it (after storing it, when there is a store).
+
+        Called by the receive task while it handles a frame: without a store the ack is
+        left corked for the turns task, which flushes it with the reply.
+        """
         self._ensure_started()
         if self.store is None:
             self._acknowledge(request)
         else:
-            self._ingest_in.send_nowait(request)
+            self._ingest.append(request)
+            self._ingest_ready.unpark()
 
     def cancel(self, id: MessageId) -> None:
         """Stop turn ``id``: cancel it if running, end it at once if still queued."""
@@ -234,16 +250,29 @@ class LiveRun:
             return
         if self.state.is_pending(id) and not self.state.turn_running(id):
             request = self.state.request_of(id)
-            for event in self.state.turn_ended(request, TurnStatus.CANCELLED):
-                self.emit(event)
-            self._notify_turn_ended()
+            try:
+                self._turns.remove(request)
+            except ValueError:
+                pass
+            self.registry.nursery.start_soon(self._end_queued, request)
 
     def _acknowledge(self, request: TurnRequest) -> None:
         self.emit(Ack(id=request.id, message_number=request.message_number))
-        self._turns_in.send_nowait(request)
+        self._turns.append(request)
+        if self._idle:
+            # The turns task runs next and flushes the ack with whatever it sends.
+            session = self.session
+            if session is not None:
+                session.defer_flush()
+            self._turns_ready.unpark()
 
     async def _ingest_loop(self) -> None:
-        async for request in self._ingest_out:
+        store = self.store
+        assert store is not None
+        while True:
+            while not self._ingest:
+                await self._ingest_ready.park()
+            request = self._ingest.popleft()
             record = MessageRecord(
                 run_id=self.run_id,
                 connector=self.path,
@@ -254,19 +283,48 @@ class LiveRun:
                 received_at=now(),
             )
             try:
-                assert self.store is not None
-                await self.store.save_message(record)
+                await store.save_message(record)
             except Exception:
-                log.exception("run %s: storing message %r failed", self.run_id, request.id)
+                log.exception("run %s: storing message %s failed", self.run_id, request.id)
                 self.state.withdraw(request)
-                self.notify(ErrorEvent(code=ErrorCode.STORE_ERROR, message="the message could not be stored; send it again", id=request.id))
+                text = "the message could not be stored; send it again"
+                self.notify(ErrorEvent(code=ErrorCode.STORE_ERROR, message=text, id=request.id))
                 continue
             self._acknowledge(request)
+            self._flush()
 
     async def _turn_loop(self) -> None:
-        async for request in self._turns_out:
+        while True:
+            while not self._turns:
+                self._idle = True
+                try:
+                    await self._turns_ready.park()
+                finally:
+                    self._idle = False
+            request = self._turns.popleft()
             if self.state.is_pending(request.id):
-                await self._run_turn(request)
+                # Corked while the turn runs; flushed at each suspension and at the end.
+                self._cork()
+                try:
+                    await around_suspensions(self._run_turn(request), self._uncork, self._cork)
+                finally:
+                    self._uncork()
+
+    def _cork(self) -> None:
+        session = self.session
+        if session is not None:
+            session.cork()
+        self._corked = session
+
+    def _uncork(self) -> None:
+        session, self._corked = self._corked, None
+        if session is not None:
+            session.uncork()
+
+    def _flush(self) -> None:
+        session = self.session
+        if session is not None:
+            session.flush()
 
     async def _run_turn(self, request: TurnRequest) -> None:
         state = self.state
@@ -299,12 +357,12 @@ class LiveRun:
                         for event in state.turn_chunk(request, await whole_reply(result, turn)):
                             await self.emit_wait(event)
                 except ReplyTooLong as exc:
-                    log.warning("run %s: turn %r cut off: %s", self.run_id, request.id, exc)
+                    log.warning("run %s: turn %s cut off: %s", self.run_id, request.id, exc)
                     status, error = TurnStatus.FAILED, str(exc)
                 except Exception as exc:
                     # The traceback is for the server's log; the client gets the kind only,
                     # since exception text can carry anything (keys, prompts, paths).
-                    log.exception("run %s: agent %r failed on turn %r", self.run_id, request.agent, request.id)
+                    log.exception("run %s: agent %r failed on turn %s", self.run_id, request.agent, request.id)
                     status, error = TurnStatus.FAILED, f"agent {request.agent!r} failed ({type(exc).__name__})"
             if scope.cancelled_caught:
                 status = TurnStatus.CANCELLED
@@ -314,50 +372,61 @@ class LiveRun:
         finally:
             self._current = None
             if state.is_pending(request.id):
-                events = state.turn_ended(request, status, turn.usage, error)
-                for event in events:
-                    self.emit(event)
-                last = events[-1]
-                if self.store is not None and isinstance(last, (StreamEnd, Response)):
-                    with trio.CancelScope(shield=True), trio.move_on_after(STORE_TIMEOUT_S):
-                        await self._store_reply(self.store, request, last, started_at)
-                self._notify_turn_ended()
+                with trio.CancelScope(shield=True):
+                    await self._finish_turn(request, status, turn, error, started_at)
 
-    async def _store_reply(
-        self, store: TranscriptStore, request: TurnRequest, last: StreamEnd | Response, started_at: float
+    async def _finish_turn(
+        self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, started_at: float
     ) -> None:
-        text = last.full_response if isinstance(last, StreamEnd) else last.response
-        record = ReplyRecord(
-            run_id=self.run_id,
-            message_number=request.message_number,
-            agent=request.agent,
-            text=text,
-            status=str(last.status),
-            prompt_tokens=last.token_usage.prompt_tokens,
-            candidates_tokens=last.token_usage.candidates_tokens,
-            started_at=started_at,
-            finished_at=now(),
-        )
-        try:
-            await store.save_reply(record)
-        except Exception:
-            log.exception("run %s: storing the reply to %r failed", self.run_id, request.id)
+        # Stored first, sent after: a client never holds a reply the store lacks.
+        events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error)
+        last = events[-1]
+        if self.store is not None and isinstance(last, StreamEnd | Response):
+            record = ReplyRecord.of_final_event(
+                last, run_id=self.run_id, message_number=request.message_number, started_at=started_at, finished_at=now()
+            )
+            with trio.move_on_after(STORE_TIMEOUT_S):
+                try:
+                    await self.store.save_reply(record)
+                except Exception:
+                    log.exception("run %s: storing the reply to %s failed", self.run_id, request.id)
+        for event in events:
+            self.emit(event)
+        holder = self.holder
+        if holder is not None:
+            holder.turn_ended()
 
-    def _notify_turn_ended(self) -> None:
-        if self.holder is not None:
-            self.holder.turn_ended()
+    async def _end_queued(self, request: TurnRequest) -> None:
+        if self.state.is_pending(request.id):
+            with trio.CancelScope(shield=True):
+                await self._finish_turn(request, TurnStatus.CANCELLED, None, None, now())
+            self._flush()
+
+    async def _end_pending_turns(self) -> None:
+        # The run is ending (grace passed, a normal close, shutdown): every turn it still
+        # has - queued, or acked but never started - ends with a final event, stored.
+        self._turns.clear()
+        self._ingest.clear()
+        for request in self.state.pending_requests():
+            await self._finish_turn(request, TurnStatus.CANCELLED, None, None, now())
+        self._flush()
 
 
 class RunRegistry:
-    """The live runs of a gateway, by id, and the nursery their tasks live in."""
+    """The live runs of a gateway, by id; the nursery their tasks live in; one reaper for every grace period."""
 
     def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None) -> None:
         self.nursery = nursery
         self.store = store
         self.runs: dict[str, LiveRun] = {}
+        self._graces: list[tuple[float, int, LiveRun]] = []
+        self._grace_counter = 0
+        self._reaper_wakeup = trio.lowlevel.ParkingLot()
+        self._reaper_started = False
 
     def create(self, path: str, settings: ChatSettings, agents: Mapping[str, Agent]) -> LiveRun:
-        run = LiveRun(self, path, settings, agents, self.store)
+        """A new run, known by its id from now on (a client just authenticated)."""
+        run = LiveRun(self, path, settings, agents, uuid.uuid4().hex)
         self.runs[run.run_id] = run
         return run
 
@@ -367,6 +436,40 @@ class RunRegistry:
         if run is None or run.ended or run.path != path:
             return None
         return run
+
+    def hold(self, run: LiveRun, deadline: float) -> None:
+        """Keep ``run`` until ``deadline`` for a resume; then the reaper ends it (unless re-attached)."""
+        run.grace_deadline = deadline
+        self._grace_counter += 1
+        heapq.heappush(self._graces, (deadline, self._grace_counter, run))
+        if not self._reaper_started:
+            self._reaper_started = True
+            self.nursery.start_soon(self._reaper)
+        elif self._graces[0][2] is run:
+            self._reaper_wakeup.unpark()
+
+    async def _reaper(self) -> None:
+        graces = self._graces
+        while True:
+            if not graces:
+                await self._reaper_wakeup.park()
+                continue
+            deadline, _, run = graces[0]
+            with trio.move_on_at(deadline):
+                await self._reaper_wakeup.park()
+                continue  # an earlier deadline arrived
+            heapq.heappop(graces)
+            if run.grace_deadline == deadline and run.holder is None and run.claimant is None and not run.ended:
+                log.info("run %s: not resumed within %gs, ending it", run.run_id, run.settings.resume_grace_s)
+                run.end()
+
+    async def end_all(self) -> None:
+        """End every run (shutdown): each turn gets its final ``cancelled`` event, stored so."""
+        runs = list(self.runs.values())
+        for run in runs:
+            run.end()
+        for run in runs:
+            await run.wait_ended()
 
     def _forget(self, run: LiveRun) -> None:
         if self.runs.get(run.run_id) is run:

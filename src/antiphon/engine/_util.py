@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["open_nursery_unwrapped"]
+__all__ = ["around_suspensions", "open_nursery_unwrapped"]
+
+T = TypeVar("T")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -34,3 +38,32 @@ async def open_nursery_unwrapped() -> AsyncIterator[trio.Nursery]:
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
+
+
+@types.coroutine
+def around_suspensions(
+    awaitable: Awaitable[T], on_suspend: Callable[[], object], on_resume: Callable[[], object]
+) -> Generator[Any, Any, T]:
+    """Await ``awaitable`` in this task, calling ``on_suspend`` each time it yields to Trio and ``on_resume`` after.
+
+    Exactly ``await awaitable``, plus two hooks around each suspension: what a task must
+    do before other tasks run (flush corked output) and when it runs again (cork it).
+    Cancellation and every exception pass through unchanged.
+    """
+    inner = awaitable.__await__()
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            yielded = inner.send(send) if error is None else inner.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        on_suspend()
+        try:
+            send, error = (yield yielded), None
+        except GeneratorExit:
+            inner.close()
+            raise
+        except BaseException as exc:  # Trio delivering Cancelled, or a throw() from the caller
+            send, error = None, exc
+        on_resume()

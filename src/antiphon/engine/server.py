@@ -202,14 +202,24 @@ class SessionServer:
             session.shutdown()
         with trio.move_on_after(grace):
             await self._idle.wait()
-        for session in list(self.sessions):
-            session.close(CloseCode.GOING_AWAY, "server shutdown", flush=False)
-        with trio.move_on_after(self.session_config.close_timeout_s + 1):
-            await self._idle.wait()
+        if self.sessions:
+            await self.grace_expired()
+            # What the face sent in grace_expired (final events) goes out before the close frame.
+            for session in list(self.sessions):
+                session.close(CloseCode.GOING_AWAY, "server shutdown")
+            with trio.move_on_after(self.session_config.close_timeout_s + 1):
+                await self._idle.wait()
         if self._handler_scope is not None:
             self._handler_scope.cancel()
         if self._running:
             await self._stopped.wait()
+
+    async def grace_expired(self) -> None:
+        """Hook: the shutdown grace passed with sessions still open; a face ends its work here.
+
+        Runs before the remaining sessions are closed with 1001 (after what they were
+        sent), so a face can still send each its final events. The default does nothing.
+        """
 
     async def wait_idle(self) -> None:
         """Return once no connection is being handled (at once if none is)."""

@@ -197,8 +197,9 @@ class Session:
             log.warning("session %s: %d bytes unread, closing slow consumer", self.id, wire.buffered)
             self.close(CloseCode.POLICY_VIOLATION, "send buffer full: the client is not reading", flush=False)
             return False
-        wire.send_message(message, flush=not self._corked)
-        if wire.buffered and not self._corked and not self._writer_running:
+        corked = self._corked and wire.buffered < self._high
+        wire.send_message(message, flush=not corked)
+        if wire.buffered and not corked and not self._writer_running:
             self._start_writer()
         return True
 
@@ -221,6 +222,20 @@ class Session:
         """Write what is buffered now (or have the writer task do it); sends are otherwise flushed as they are made."""
         if not self.wire.flush() and not self._writer_running:
             self._start_writer()
+
+    def cork(self) -> None:
+        """Hold what is sent from now on in the buffer (up to ``send_buffer_high_bytes``) until :meth:`uncork`.
+
+        For a task that sends several frames in a row without blocking (a turn's reply):
+        one write instead of one per frame. Uncork before blocking, or the frames wait.
+        """
+        self._corked = True
+
+    def uncork(self) -> None:
+        """Stop holding sends back, and write what was held."""
+        self._corked = False
+        if self.wire.buffered:
+            self.flush()
 
     def defer_flush(self) -> None:
         """While handling a message: leave the messages sent so far corked; a task woken now flushes them.

@@ -21,7 +21,9 @@ from cattrs.v import transform_error
 from antiphon.errors import DecodeError
 
 __all__ = [
+    "ECHO_MAX_CHARS",
     "JSONValue",
+    "quote",
     "decode_error",
     "dumps",
     "expect_object",
@@ -41,6 +43,23 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     dict: "an object",
     list: "a list",
 }
+
+
+ECHO_MAX_CHARS: Final = 100
+"""At most this many characters of a peer's own string are echoed back in an error message."""
+
+
+def quote(value: object, limit: int = ECHO_MAX_CHARS) -> str:
+    """``repr(value)`` for an error message, a long string cut to ``limit`` characters first.
+
+    A peer's strings go back to it in error events; cutting before ``repr`` bounds the
+    echo at a few hundred bytes however the string is made (``repr`` of control
+    characters grows them fourfold).
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value) - limit} more characters)"
+    text = repr(value)
+    return text if len(text) <= 4 * limit else text[: 4 * limit] + "..."
 
 
 class _Mismatch(ValueError):

@@ -37,7 +37,10 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.transports.websocket.client import WebsocketClientParams, WebsocketClientTransport
+from pipecat.transports.websocket.client import (
+    WebsocketClientParams,
+    WebsocketClientTransport,
+)
 from pipecat.workers.runner import WorkerRunner
 
 RATE_HZ = 16000

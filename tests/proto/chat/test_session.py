@@ -46,15 +46,25 @@ SECRET = "s3cret"
 def make(authenticated: bool = False, **settings: Any) -> ChatSession:
     ids = iter(range(1, 1000))
     cfg = ChatSettings(secret=SECRET, **settings)
-    run = ChatRun(
-        "run-1",
-        streaming=cfg.streaming,
-        max_messages=cfg.max_messages,
-        max_queued_turns=cfg.max_queued_turns,
-        history_max_chars=cfg.history_max_chars,
-        new_message_id=lambda n: f"auto-{next(ids)}",
+    return ChatSession(
+        cfg, authenticated=authenticated, new_run=lambda: ChatRun("run-1", cfg, new_message_id=lambda n: f"auto-{next(ids)}")
     )
-    return ChatSession(cfg, run, authenticated=authenticated)
+
+
+def opened(**settings: Any) -> ChatSession:
+    """A session authenticated at the handshake, past its `connected`."""
+    chat = make(authenticated=True, **settings)
+    chat.open()
+    return chat
+
+
+def run_of(chat: ChatSession) -> ChatRun:
+    assert chat.run is not None
+    return chat.run
+
+
+def new_run(run_id: str = "r", **settings: Any) -> ChatRun:
+    return ChatRun(run_id, ChatSettings(secret=SECRET, **settings))
 
 
 def msg(text: str = "hi", **extra: Any) -> str:
@@ -71,7 +81,7 @@ def turns(actions: list[Any]) -> list[TurnRequest]:
 
 
 def run_turn(chat: ChatSession, request: TurnRequest, *chunks: str, usage: TokenUsage | None = None) -> list[Any]:
-    run = chat.run
+    run = run_of(chat)
     out = run.turn_started(request)
     for c in chunks:
         out += run.turn_chunk(request, c)
@@ -139,14 +149,14 @@ def test_auth_timeout_closes_with_4408() -> None:
 
 def test_secret_after_authentication_is_ignored() -> None:
     """A client that authenticated by header and still sends `{"secret": ...}` is not disturbed."""
-    chat = make(authenticated=True)
+    chat = opened()
     chat.open()
     assert chat.receive('{"secret": "whatever"}') == [SetTimer(3600.0)]
 
 
 def test_auth_off_needs_no_secret() -> None:
     """With `require_auth` off the session opens at once, whatever the handshake carried."""
-    chat = ChatSession(ChatSettings(require_auth=False), ChatRun("r"), authenticated=False)
+    chat = ChatSession(ChatSettings(require_auth=False), authenticated=False, new_run=lambda: new_run(require_auth=False))
     assert isinstance(events(chat.open())[0], Connected)
 
 
@@ -155,7 +165,7 @@ def test_auth_off_needs_no_secret() -> None:
 
 def test_message_is_acked_numbered_and_queued() -> None:
     """An accepted message gets an ack with its number and a turn request carrying its context."""
-    chat = make(authenticated=True)
+    chat = opened()
     out = chat.receive(json.dumps({"type": "message", "id": "msg-001", "payload": {"message": "q", "context": {"k": 1}}}))
     assert out == [
         Accept(TurnRequest(id="msg-001", message_number=1, message="q", context={"k": 1}, agent="assistant")),
@@ -165,14 +175,14 @@ def test_message_is_acked_numbered_and_queued() -> None:
 
 def test_message_without_id_gets_a_server_id_used_throughout() -> None:
     """A message without id gets a server-assigned one, used for its turn throughout."""
-    chat = make(authenticated=True)
+    chat = opened()
     out = chat.receive('{"message": "Hello!"}')
     assert turns(out)[0].id == "auto-1" and turns(out)[0].message_number == 1
 
 
 def test_streamed_turn_events() -> None:
     """A streamed turn emits stream_start, one stream_chunk per non-empty chunk, then stream_end."""
-    chat = make(authenticated=True)
+    chat = opened()
     [req] = turns(chat.receive(msg("q", id="m")))
     out = run_turn(chat, req, "Hel", "", "lo", usage=TokenUsage(3, 4))
     assert events(out) == [
@@ -185,7 +195,7 @@ def test_streamed_turn_events() -> None:
 
 def test_non_streaming_turn_sends_one_response() -> None:
     """With streaming off the turn produces a single `response` with the whole text."""
-    chat = make(authenticated=True, streaming=False)
+    chat = opened(streaming=False)
     [req] = turns(chat.receive(msg("q", id="m")))
     assert events(run_turn(chat, req, "a", "b")) == [
         Response(id="m", agent="assistant", response="ab", token_usage=TokenUsage(1, 1))
@@ -194,7 +204,7 @@ def test_non_streaming_turn_sends_one_response() -> None:
 
 def test_token_usage_estimate() -> None:
     """Without reported usage, tokens are ceil(chars / 4) of prompt (history + message) and reply."""
-    chat = make(authenticated=True)
+    chat = opened()
     [r1] = turns(chat.receive(msg("12345", id="a")))
     assert events(run_turn(chat, r1, "x" * 9))[-1].token_usage == TokenUsage(2, 3)
     [r2] = turns(chat.receive(msg("abc", id="b")))
@@ -205,24 +215,24 @@ def test_token_usage_estimate() -> None:
 
 def test_history_grows_with_finished_turns_only() -> None:
     """The history holds finished turns (user, assistant); a failed turn adds nothing."""
-    chat = make(authenticated=True)
+    chat = opened()
     [r1] = turns(chat.receive(msg("one", id="a")))
     run_turn(chat, r1, "ONE")
     [r2] = turns(chat.receive(msg("two", id="b")))
-    chat.run.turn_started(r2)
-    failed = chat.run.turn_ended(r2, TurnStatus.FAILED, error="boom")
+    run_of(chat).turn_started(r2)
+    failed = run_of(chat).turn_ended(r2, TurnStatus.FAILED, error="boom")
     assert failed[0] == ErrorEvent(code="agent_error", message="boom", id="b")
     assert isinstance(failed[1], StreamEnd) and failed[1].status == "failed"
-    assert chat.run.history() == (HistoryEntry("user", "one"), HistoryEntry("assistant", "ONE"))
+    assert run_of(chat).history() == (HistoryEntry("user", "one"), HistoryEntry("assistant", "ONE"))
 
 
 def test_history_is_bounded_by_characters() -> None:
     """The oldest entries are dropped once the history exceeds `history_max_chars`."""
-    chat = make(authenticated=True, history_max_chars=10)
+    chat = opened(history_max_chars=10)
     for i, text in enumerate(["aaaa", "bbbb", "cccc"]):
         [r] = turns(chat.receive(msg(text, id=i)))
         run_turn(chat, r, text.upper())
-    assert chat.run.history() == (HistoryEntry("user", "cccc"), HistoryEntry("assistant", "CCCC"))
+    assert run_of(chat).history() == (HistoryEntry("user", "cccc"), HistoryEntry("assistant", "CCCC"))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +245,7 @@ def test_history_is_bounded_by_characters() -> None:
 )
 def test_malformed_input_gets_an_error_and_the_session_stays_open(frame: str, code: str) -> None:
     """Bad JSON, an unknown type or a schema violation get an error event; nothing closes."""
-    chat = make(authenticated=True)
+    chat = opened()
     out = chat.receive(frame)
     [error] = events(out)
     assert isinstance(error, ErrorEvent) and error.code == code and error.id is None
@@ -246,35 +256,35 @@ def test_malformed_input_gets_an_error_and_the_session_stays_open(frame: str, co
 
 def test_unknown_agent_is_refused_without_a_number() -> None:
     """A message naming an agent the connector lacks gets `unknown_agent` and is not numbered."""
-    chat = make(authenticated=True)
+    chat = opened()
     out = chat.receive(json.dumps({"type": "message", "id": "x", "payload": {"message": "q", "agent": "ghost"}}))
     assert events(out) == [ErrorEvent(code="unknown_agent", message="no agent named 'ghost'", id="x")]
-    assert chat.run.message_count == 0
+    assert run_of(chat).message_count == 0
 
 
 def test_queue_is_bounded() -> None:
     """Past `max_queued_turns` unfinished turns a message gets `queue_full` and is not numbered."""
-    chat = make(authenticated=True, max_queued_turns=2)
+    chat = opened(max_queued_turns=2)
     chat.receive(msg(id=1))
     chat.receive(msg(id=2))
     [error] = events(chat.receive(msg(id=3)))
     assert isinstance(error, ErrorEvent) and error.code == "queue_full" and error.id == 3
-    assert chat.run.message_count == 2
+    assert run_of(chat).message_count == 2
 
 
 def test_resent_id_is_acked_again_and_not_run_twice() -> None:
     """A message whose id was accepted before gets its original ack back and is not counted."""
-    chat = make(authenticated=True, max_messages=2)
+    chat = opened(max_messages=2)
     [first] = turns(chat.receive(msg(id="same")))
     run_turn(chat, first, "done")
     out = chat.receive(msg(id="same"))
     assert events(out) == [Ack(id="same", message_number=1)]
-    assert turns(out) == [] and chat.run.message_count == 1
+    assert turns(out) == [] and run_of(chat).message_count == 1
 
 
 def test_message_limit_refuses_then_closes_after_running_turns() -> None:
     """Message max+1 gets `message_limit`; the session closes with 4429 once accepted turns finish."""
-    chat = make(authenticated=True, max_messages=1)
+    chat = opened(max_messages=1)
     [r1] = turns(chat.receive(msg(id="a")))
     out = chat.receive(msg(id="b"))
     assert events(out)[0] == ErrorEvent(code="message_limit", message="the session reached its limit of 1 messages", id="b")
@@ -288,7 +298,7 @@ def test_message_limit_refuses_then_closes_after_running_turns() -> None:
 
 def test_inactivity_timer_restarts_on_every_client_frame() -> None:
     """Every client frame after authentication re-arms the inactivity timer; its expiry closes with 4410."""
-    chat = make(authenticated=True, session_timeout_s=60)
+    chat = opened(session_timeout_s=60)
     assert SetTimer(60) in chat.receive('{"type": "ping"}')
     assert SetTimer(60) in chat.receive("{bad")
     [close] = chat.timer_expired()
@@ -298,7 +308,7 @@ def test_inactivity_timer_restarts_on_every_client_frame() -> None:
 
 def test_shutdown_drains_then_closes_1001() -> None:
     """On shutdown new messages get `server_shutdown`; the close (1001) waits for accepted turns."""
-    chat = make(authenticated=True)
+    chat = opened()
     [r1] = turns(chat.receive(msg(id="a")))
     assert chat.shutdown() == []
     assert events(chat.receive(msg(id="b")))[0].code == "server_shutdown"
@@ -309,17 +319,17 @@ def test_shutdown_drains_then_closes_1001() -> None:
 
 def test_idle_shutdown_closes_at_once() -> None:
     """A session with no running turn closes with 1001 as soon as shutdown is asked."""
-    chat = make(authenticated=True)
+    chat = opened()
     [close] = chat.shutdown()
     assert isinstance(close, Close) and close.code is CloseCode.SERVER_SHUTDOWN
 
 
 def test_turn_callbacks_reject_unknown_turns() -> None:
     """Reporting progress for a turn that is not running is a LocalProtocolError."""
-    chat = make(authenticated=True)
+    chat = opened()
     ghost = TurnRequest(id="g", message_number=1, message="m", context={}, agent="assistant")
     with pytest.raises(LocalProtocolError):
-        chat.run.turn_chunk(ghost, "x")
+        run_of(chat).turn_chunk(ghost, "x")
 
 
 def test_closed_session_ignores_input() -> None:
@@ -375,34 +385,35 @@ def test_handshake_secret_locations(headers: list[tuple[bytes, bytes]], target: 
 
 def test_cancel_of_a_pending_turn_asks_the_io_layer() -> None:
     """`cancel` for a queued or running turn becomes a CancelTurn action."""
-    chat = make(authenticated=True)
+    chat = opened()
     chat.receive(msg(id="t"))
     assert CancelTurn("t") in chat.receive('{"type": "cancel", "id": "t"}')
 
 
 def test_cancel_of_an_unknown_turn_is_an_error() -> None:
     """`cancel` naming no pending turn gets `unknown_turn`."""
-    chat = make(authenticated=True)
+    chat = opened()
     [error] = events(chat.receive('{"type": "cancel", "id": "nope"}'))
     assert error.code == "unknown_turn" and error.id == "nope"
 
 
 def test_cancelled_turn_ends_with_its_partial_text() -> None:
     """A cancelled turn ends with stream_end status `cancelled`, the text so far, and joins no history."""
-    chat = make(authenticated=True)
+    chat = opened()
     [req] = turns(chat.receive(msg("q", id="t")))
-    chat.run.turn_started(req)
-    chat.run.turn_chunk(req, "half")
-    [end] = chat.run.turn_ended(req, TurnStatus.CANCELLED)
+    run_of(chat).turn_started(req)
+    run_of(chat).turn_chunk(req, "half")
+    [end] = run_of(chat).turn_ended(req, TurnStatus.CANCELLED)
     assert end == StreamEnd(id="t", agent="assistant", full_response="half", token_usage=TokenUsage(1, 1), status="cancelled")
-    assert chat.run.history() == ()
+    assert run_of(chat).history() == ()
 
 
 def test_seq_counts_emitted_events_and_replay_returns_what_follows() -> None:
     """emit numbers events 1, 2, 3...; replay_after(n) returns those after n, complete."""
-    run = ChatRun("r")
+    run = new_run()
     for i in range(5):
-        assert run.emit(Ack(id=i, message_number=i + 1)) == i + 1
+        text = run.emit(Ack(id=i, message_number=i + 1))
+        assert json.loads(text)["seq"] == i + 1 and run.seq == i + 1
     replay, complete = run.replay_after(3)
     assert [seq for seq, _ in replay] == [4, 5] and complete
     assert run.replay_after(5) == ([], True)
@@ -410,7 +421,7 @@ def test_seq_counts_emitted_events_and_replay_returns_what_follows() -> None:
 
 def test_replay_is_incomplete_once_the_log_dropped_events() -> None:
     """Past replay_max_bytes the oldest events are dropped, and replay says it is not complete."""
-    run = ChatRun("r", replay_max_bytes=1000)
+    run = new_run(replay_max_bytes=1000)
     for _i in range(50):
         run.emit(StreamChunk(id="t", agent="a", chunk="x" * 40))
     replay, complete = run.replay_after(0)
@@ -420,7 +431,7 @@ def test_replay_is_incomplete_once_the_log_dropped_events() -> None:
 
 def test_resume_asks_for_the_run_before_any_message() -> None:
     """`resume` on a fresh connection becomes ResumeRun; after a message it is refused."""
-    chat = make(authenticated=True)
+    chat = opened()
     assert chat.receive('{"type": "resume", "connector_run_id": "old", "last_seq": 4}')[0] == ResumeRun("old", 4)
     chat.receive(msg())
     [error] = events(chat.receive('{"type": "resume", "connector_run_id": "old", "last_seq": 4}'))
@@ -429,8 +440,8 @@ def test_resume_asks_for_the_run_before_any_message() -> None:
 
 def test_attach_switches_runs_and_reports_completeness() -> None:
     """attach() moves the connection to the resumed run and answers `resumed` with what is replayed."""
-    chat = make(authenticated=True)
-    old = ChatRun("old")
+    chat = opened()
+    old = new_run("old")
     for i in range(3):
         old.emit(Ack(id=i, message_number=i + 1))
     replay, actions = chat.attach(old, 1)
@@ -441,19 +452,33 @@ def test_attach_switches_runs_and_reports_completeness() -> None:
 
 def test_resume_of_an_unknown_run_is_an_error() -> None:
     """resume_failed() reports `unknown_run` and names the run the connection keeps."""
-    chat = make(authenticated=True)
+    chat = opened()
     [error] = events(chat.resume_failed("ghost"))
     assert error.code == "unknown_run" and "'run-1'" in error.message
 
 
-def test_a_reply_past_max_reply_chars_is_refused() -> None:
-    """A chunk that would take the reply past max_reply_chars raises ReplyTooLong and is not kept."""
+def test_a_reply_past_max_reply_bytes_is_refused() -> None:
+    """A chunk that would take the reply past max_reply_bytes raises ReplyTooLong and is not kept."""
     from antiphon.proto.chat.run import ReplyTooLong
 
-    run = ChatRun("r", max_reply_chars=10)
-    [req] = turns(ChatSession(ChatSettings(secret=SECRET), run, authenticated=True).receive(msg(id="t")))
+    chat = opened(max_reply_bytes=10)
+    [req] = turns(chat.receive(msg(id="t")))
+    run = run_of(chat)
     run.turn_started(req)
     run.turn_chunk(req, "0123456789")
-    with pytest.raises(ReplyTooLong, match="exceeded 10 characters"):
+    with pytest.raises(ReplyTooLong, match="exceeded 10 bytes"):
         run.turn_chunk(req, "x")
     assert run.partial_text("t") == "0123456789"
+
+
+@pytest.mark.parametrize(("chunk", "size"), [("é" * 5, 10), ("😀" * 3, 12), ('"' * 5, 10), ("\x00" * 2, 12)])
+def test_reply_bound_counts_encoded_bytes_not_characters(chunk: str, size: int) -> None:
+    """max_reply_bytes counts what the text takes inside the JSON frame: UTF-8 bytes and escapes."""
+    from antiphon.proto.chat.run import ReplyTooLong
+
+    chat = opened(max_reply_bytes=size)
+    [req] = turns(chat.receive(msg(id="t")))
+    run = run_of(chat)
+    run.turn_chunk(req, chunk)
+    with pytest.raises(ReplyTooLong):
+        run.turn_chunk(req, "x")

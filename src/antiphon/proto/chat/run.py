@@ -4,21 +4,24 @@ Theory of operation
 -------------------
 The Connic protocol calls the conversation a *connector run* (``connector_run_id``).
 antiphon keeps it apart from the connection, so that a client that reconnects can pick
-it up again (``resume``). A :class:`ChatRun` owns everything that must survive a dropped
-connection:
+it up again (``resume``). A :class:`ChatRun` is the one owner of everything that must
+survive a dropped connection:
 
 * numbering: every accepted message gets the next ``message_number``; ids already
   accepted are remembered, so a resent message is acked again and not run twice;
-* the history agents see, bounded by ``history_max_chars``;
-* the turns: queued or running, each accumulating its reply, ending ``completed``,
-  ``cancelled`` or ``failed``;
-* the event log: every conversation event gets the next ``seq`` when it is sent
-  (:meth:`ChatRun.emit`) and is kept, up to ``replay_max_bytes``, so that
-  :meth:`ChatRun.replay_after` can return what a reconnecting client missed and say
-  whether that is complete.
+* the history agents see, bounded by ``history_max_chars``, handed out as an immutable
+  :class:`HistoryView` that costs nothing to take (no copy per turn);
+* the turns: queued or running, each accumulating its reply, bounded in JSON-escaped
+  UTF-8 bytes by ``max_reply_bytes``, ending ``completed``, ``cancelled`` or ``failed``;
+* the event log: :meth:`ChatRun.emit` gives a conversation event the next ``seq`` and
+  returns its *wire text*, which is what the log keeps, up to ``replay_max_bytes`` of
+  it, so :meth:`ChatRun.replay_after` returns exactly the frames a reconnecting client
+  missed, byte for byte, and whether nothing is missing.
 
-Connection matters (authentication, timers, which frame is refused and why) belong to
-:class:`~antiphon.proto.chat.session.ChatSession`, which hands accepted messages here.
+The Trio layer only moves what this produces: it never numbers, encodes or logs an
+event itself. Connection matters (authentication, timers, which frame is refused and
+why) belong to :class:`~antiphon.proto.chat.session.ChatSession`, which hands accepted
+messages here.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from __future__ import annotations
 import math
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, overload
 
+import orjson
 from attrs import define, frozen
 
 from antiphon.errors import LocalProtocolError
+from antiphon.proto._codec import quote
 from antiphon.proto.chat.messages import (
     Ack,
     ErrorCode,
@@ -45,12 +50,15 @@ from antiphon.proto.chat.messages import (
     TokenUsage,
     TurnStatus,
     UserMessage,
+    encode_event,
 )
+from antiphon.proto.chat.settings import ChatSettings
 
 __all__ = [
     "CHARS_PER_TOKEN",
     "ChatRun",
     "HistoryEntry",
+    "HistoryView",
     "Refused",
     "ReplyTooLong",
     "TurnRequest",
@@ -60,16 +68,20 @@ __all__ = [
 CHARS_PER_TOKEN: Final = 4
 """The token estimate's rule of thumb: about four characters per token for English text."""
 
-EVENT_OVERHEAD_BYTES: Final = 256
-"""What one logged event costs beyond its text (the event object, its id, the log entry), for the replay budget."""
-
-REPLAY_MAX_BYTES: Final = 256 * 1024
-"""Default replay budget per run: minutes of a streamed reply, far more than a reconnect misses."""
+LOG_ENTRY_OVERHEAD_BYTES: Final = 64
+"""What one logged frame costs beyond its text (the tuple, the int), for the replay budget."""
 
 
 def estimate_tokens(text: str) -> int:
     """The documented estimate used when an agent reports no usage: ceil(len / 4)."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def escaped_size(text: str) -> int:
+    """Bytes ``text`` takes inside a JSON string on the wire (UTF-8, escapes included)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text)
+    return len(orjson.dumps(text)) - 2
 
 
 @frozen
@@ -78,6 +90,47 @@ class HistoryEntry:
 
     role: str  # "user" or "assistant"
     text: str
+
+
+class HistoryView(Sequence[HistoryEntry]):
+    """The history as it was when a turn started: immutable, taken without copying."""
+
+    __slots__ = ("_items", "_start", "_stop")
+
+    def __init__(self, items: list[HistoryEntry], start: int, stop: int) -> None:
+        self._items, self._start, self._stop = items, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, index: int) -> HistoryEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[HistoryEntry, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> HistoryEntry | tuple[HistoryEntry, ...]:
+        if isinstance(index, slice):
+            return tuple(self._items[self._start : self._stop][index])
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("history index out of range")
+        return self._items[self._start + index]
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        items = self._items
+        for i in range(self._start, self._stop):
+            yield items[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"HistoryView({list(self)!r})"
 
 
 @frozen(kw_only=True)
@@ -100,7 +153,7 @@ class Refused:
 
 
 class ReplyTooLong(ValueError):
-    """A turn's reply grew past ``max_reply_chars``: the turn must end as failed."""
+    """A turn's reply grew past ``max_reply_bytes``: the turn must end as failed."""
 
 
 @define
@@ -108,7 +161,7 @@ class _Turn:
     request: TurnRequest
     parts: list[str]
     started: bool = False
-    chars: int = 0
+    size: int = 0
 
 
 def _new_message_id(number: int) -> str:
@@ -121,33 +174,24 @@ class ChatRun:
     def __init__(
         self,
         run_id: str,
-        *,
+        settings: ChatSettings,
         agents: tuple[str, ...] = ("assistant",),
-        streaming: bool = True,
-        max_messages: int = 100,
-        max_queued_turns: int = 16,
-        history_max_chars: int = 1_000_000,
-        replay_max_bytes: int = REPLAY_MAX_BYTES,
-        max_reply_chars: int = 1_000_000,
+        *,
         new_message_id: Callable[[int], str] = _new_message_id,
     ) -> None:
         self.run_id = run_id
+        self.settings = settings
         self.agents = agents
-        self.streaming = streaming
-        self.max_messages = max_messages
-        self.max_queued_turns = max_queued_turns
-        self.history_max_chars = history_max_chars
-        self.replay_max_bytes = replay_max_bytes
-        self.max_reply_chars = max_reply_chars
+        self.streaming = settings.streaming
         self.message_count = 0
         self.seq = 0
         self._new_message_id = new_message_id
-        self._history: deque[HistoryEntry] = deque()
-        self._history_view: tuple[HistoryEntry, ...] | None = ()  # what history() returns, until it changes
+        self._history: list[HistoryEntry] = []
+        self._history_start = 0  # entries before it are beyond history_max_chars
         self._history_chars = 0
         self._turns: OrderedDict[MessageId, _Turn] = OrderedDict()
         self._accepted: dict[MessageId, int] = {}
-        self._log: deque[tuple[int, ServerEvent, int]] = deque()
+        self._log: deque[tuple[int, str]] = deque()
         self._log_bytes = 0
         self._log_dropped_through = 0  # highest seq no longer held
 
@@ -158,11 +202,13 @@ class ChatRun:
         """Accepted turns not yet ended (running or queued)."""
         return len(self._turns)
 
-    def history(self) -> tuple[HistoryEntry, ...]:
-        """The earlier turns, oldest first, within ``history_max_chars``."""
-        if self._history_view is None:
-            self._history_view = tuple(self._history)
-        return self._history_view
+    def pending_requests(self) -> list[TurnRequest]:
+        """The requests of every turn not yet ended, oldest first."""
+        return [t.request for t in self._turns.values()]
+
+    def history(self) -> HistoryView:
+        """The earlier turns, oldest first, within ``history_max_chars``; immutable."""
+        return HistoryView(self._history, self._history_start, len(self._history))
 
     def is_pending(self, id: MessageId) -> bool:
         return id in self._turns
@@ -174,6 +220,11 @@ class ChatRun:
     def partial_text(self, id: MessageId) -> str:
         """What the turn ``id`` has produced so far."""
         return "".join(self._require(id).parts)
+
+    def turn_running(self, id: MessageId) -> bool:
+        """True when ``id`` is accepted, not ended, and its agent has started."""
+        turn = self._turns.get(id)
+        return turn is not None and turn.started
 
     # ------------------------------------------------------------------ accepting messages
 
@@ -187,11 +238,12 @@ class ChatRun:
             return Ack(id=msg.id, message_number=self._accepted[msg.id])
         agent = msg.agent if msg.agent is not None else self.agents[0]
         if agent not in self.agents:
-            return Refused(ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {agent!r}", id=msg.id))
-        if self.message_count >= self.max_messages:
-            text = f"the session reached its limit of {self.max_messages} messages"
+            return Refused(ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {quote(agent)}", id=msg.id))
+        limit = self.settings.max_messages
+        if self.message_count >= limit:
+            text = f"the session reached its limit of {limit} messages"
             return Refused(ErrorEvent(code=ErrorCode.MESSAGE_LIMIT, message=text, id=msg.id), limit_reached=True)
-        if len(self._turns) >= self.max_queued_turns:
+        if len(self._turns) >= self.settings.max_queued_turns:
             text = f"{len(self._turns)} turns are already waiting; send again later"
             return Refused(ErrorEvent(code=ErrorCode.QUEUE_FULL, message=text, id=msg.id))
         self.message_count += 1
@@ -219,16 +271,17 @@ class ChatRun:
         """The agent produced ``chunk``: a ``stream_chunk`` when streaming and not empty.
 
         Raises :class:`ReplyTooLong` (and keeps nothing of ``chunk``) once the reply would
-        exceed ``max_reply_chars``: a turn holds its whole reply for ``full_response``, so
-        this is what bounds a runaway agent's memory, and the ``stream_end`` frame that
-        carries it stays within common clients' 1 MiB frame limit.
+        exceed ``max_reply_bytes`` as JSON-escaped UTF-8: a turn holds its whole reply for
+        ``full_response``, so this bounds a runaway agent's memory, and the ``stream_end``
+        frame that carries it fits common clients' 1 MiB frame limit whatever the script.
         """
         turn = self._require(request.id)
         if not chunk:
             return []
-        if turn.chars + len(chunk) > self.max_reply_chars:
-            raise ReplyTooLong(f"the reply exceeded {self.max_reply_chars} characters (max_reply_chars)")
-        turn.chars += len(chunk)
+        size = escaped_size(chunk)
+        if turn.size + size > self.settings.max_reply_bytes:
+            raise ReplyTooLong(f"the reply exceeded {self.settings.max_reply_bytes} bytes (max_reply_bytes)")
+        turn.size += size
         turn.parts.append(chunk)
         return [StreamChunk(id=request.id, agent=request.agent, chunk=chunk)] if self.streaming else []
 
@@ -258,30 +311,32 @@ class ChatRun:
             out.append(Response(id=request.id, agent=request.agent, response=text, token_usage=usage, status=status))
         return out
 
-    def turn_running(self, id: MessageId) -> bool:
-        """True when ``id`` is accepted, not ended, and its agent has started."""
-        turn = self._turns.get(id)
-        return turn is not None and turn.started
-
     # ------------------------------------------------------------------ the event log
 
-    def emit(self, event: ServerEvent) -> int:
-        """Give a conversation event its ``seq`` and log it for replay; returns the seq."""
+    def emit(self, event: ServerEvent) -> str:
+        """Give a conversation event its ``seq``, log its wire text for replay, and return the text."""
         self.seq += 1
-        size = _event_size(event)
-        self._log.append((self.seq, event, size))
-        self._log_bytes += size
-        while self._log_bytes > self.replay_max_bytes and len(self._log) > 1:
-            seq, _, dropped = self._log.popleft()
-            self._log_bytes -= dropped
+        text = encode_event(event, self.seq)
+        log = self._log
+        log.append((self.seq, text))
+        self._log_bytes += len(text) + LOG_ENTRY_OVERHEAD_BYTES
+        budget = self.settings.replay_max_bytes
+        while self._log_bytes > budget and len(log) > 1:
+            seq, dropped = log.popleft()
+            self._log_bytes -= len(dropped) + LOG_ENTRY_OVERHEAD_BYTES
             self._log_dropped_through = seq
-        return self.seq
+        return text
 
-    def replay_after(self, last_seq: int) -> tuple[list[tuple[int, ServerEvent]], bool]:
-        """Logged events with ``seq > last_seq``, and whether none of them is missing."""
-        events = [(seq, ev) for seq, ev, _ in self._log if seq > last_seq]
+    def replay_after(self, last_seq: int) -> tuple[list[tuple[int, str]], bool]:
+        """Logged frames with ``seq > last_seq`` (seq, wire text), and whether none of them is missing."""
+        frames = [(seq, text) for seq, text in self._log if seq > last_seq]
         complete = last_seq >= self._log_dropped_through and last_seq <= self.seq
-        return events, complete
+        return frames, complete
+
+    @property
+    def log_bytes(self) -> int:
+        """What the replay log holds now, in bytes (bounded by ``replay_max_bytes``)."""
+        return self._log_bytes
 
     # ------------------------------------------------------------------ internals
 
@@ -292,17 +347,14 @@ class ChatRun:
             raise LocalProtocolError(f"turn {id!r} is not pending") from None
 
     def _remember(self, entry: HistoryEntry) -> None:
-        self._history_view = None
-        self._history.append(entry)
+        history = self._history
+        history.append(entry)
         self._history_chars += len(entry.text)
-        while self._history_chars > self.history_max_chars and self._history:
-            self._history_chars -= len(self._history.popleft().text)
-
-
-def _event_size(event: ServerEvent) -> int:
-    size = EVENT_OVERHEAD_BYTES
-    for name in ("chunk", "full_response", "response", "message"):
-        value = getattr(event, name, None)
-        if isinstance(value, str):
-            size += len(value)
-    return size
+        limit = self.settings.history_max_chars
+        while self._history_chars > limit and self._history_start < len(history):
+            self._history_chars -= len(history[self._history_start].text)
+            self._history_start += 1
+        if self._history_start > 64 and self._history_start > len(history) // 2:
+            # Compact: views handed out earlier keep the old list, so they stay as they were.
+            self._history = history[self._history_start :]
+            self._history_start = 0

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from attrs import frozen
 
-from antiphon.errors import ConfigError, DecodeError
+from antiphon.errors import DecodeError
+from antiphon.proto._codec import quote
 from antiphon.proto.chat.messages import (
     Ack,
     Auth,
@@ -60,13 +61,13 @@ from antiphon.proto.chat.messages import (
 )
 from antiphon.proto.chat.run import (
     CHARS_PER_TOKEN,
-    REPLAY_MAX_BYTES,
     ChatRun,
     HistoryEntry,
     Refused,
     TurnRequest,
     estimate_tokens,
 )
+from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
 __all__ = [
@@ -87,67 +88,6 @@ __all__ = [
     "check_handshake_secret",
     "estimate_tokens",
 ]
-
-MAX_MESSAGES_RANGE: Final = (1, 10_000)
-SESSION_TIMEOUT_RANGE_S: Final = (60.0, 86_400.0)
-
-
-@frozen(kw_only=True)
-class ChatSettings:
-    """How one connector behaves; every field is documented in the README's configuration table.
-
-    Raises :class:`ConfigError` naming the field when a value is out of range.
-    """
-
-    require_auth: bool = True
-    secret: str | None = None
-    streaming: bool = True
-    session_timeout_s: float = 3600.0
-    max_messages: int = 100
-    auth_timeout_s: float = 10.0
-    max_queued_turns: int = 16
-    history_max_chars: int = 1_000_000
-    resume_grace_s: float = 60.0
-    replay_max_bytes: int = REPLAY_MAX_BYTES
-    max_reply_chars: int = 1_000_000
-
-    def __attrs_post_init__(self) -> None:
-        if self.require_auth and not self.secret:
-            raise ConfigError("secret: required when authentication is on")
-        lo, hi = MAX_MESSAGES_RANGE
-        if not lo <= self.max_messages <= hi:
-            raise ConfigError(f"max_messages: must be between {lo} and {hi}, got {self.max_messages}")
-        lo_s, hi_s = SESSION_TIMEOUT_RANGE_S
-        if not lo_s <= self.session_timeout_s <= hi_s:
-            raise ConfigError(
-                f"session_timeout: must be between {lo_s:g} and {hi_s:g} seconds, got {self.session_timeout_s:g}"
-            )
-        if self.auth_timeout_s <= 0:
-            raise ConfigError(f"auth_timeout: must be positive, got {self.auth_timeout_s:g}")
-        if self.max_queued_turns < 1:
-            raise ConfigError(f"max_queued_turns: must be at least 1, got {self.max_queued_turns}")
-        if self.history_max_chars < 0:
-            raise ConfigError(f"history_max_chars: must not be negative, got {self.history_max_chars}")
-        if self.resume_grace_s < 0:
-            raise ConfigError(f"resume_grace: must not be negative, got {self.resume_grace_s:g}")
-        if self.replay_max_bytes < 0:
-            raise ConfigError(f"replay_max_bytes: must not be negative, got {self.replay_max_bytes}")
-        if self.max_reply_chars < 1:
-            raise ConfigError(f"max_reply_chars: must be at least 1, got {self.max_reply_chars}")
-
-    def new_run(self, run_id: str, agents: tuple[str, ...] = ("assistant",)) -> ChatRun:
-        """A fresh :class:`ChatRun` with these settings."""
-        return ChatRun(
-            run_id,
-            agents=agents,
-            streaming=self.streaming,
-            max_messages=self.max_messages,
-            max_queued_turns=self.max_queued_turns,
-            history_max_chars=self.history_max_chars,
-            replay_max_bytes=self.replay_max_bytes,
-            max_reply_chars=self.max_reply_chars,
-        )
-
 
 class SessionState(enum.Enum):
     AUTHENTICATING = "authenticating"
@@ -205,11 +145,17 @@ Action: TypeAlias = Send | Accept | CancelTurn | ResumeRun | SetTimer | Close
 
 
 class ChatSession:
-    """One connection's protocol state over a :class:`ChatRun`; see the module docstring."""
+    """One connection's protocol state; see the module docstring.
 
-    def __init__(self, settings: ChatSettings, run: ChatRun, *, authenticated: bool) -> None:
+    ``new_run`` makes the connection's run once it is authenticated (never before: a
+    client that never authenticated costs nothing but its connection and is never
+    resumable). After a ``resume``, :meth:`attach` switches to the resumed run.
+    """
+
+    def __init__(self, settings: ChatSettings, *, authenticated: bool, new_run: Callable[[], ChatRun]) -> None:
         self.settings = settings
-        self.run = run
+        self.run: ChatRun | None = None
+        self._new_run = new_run
         self.state = SessionState.OPEN if authenticated or not settings.require_auth else SessionState.AUTHENTICATING
         self._drain: Close | None = None
 
@@ -218,7 +164,7 @@ class ChatSession:
     def open(self) -> list[Action]:
         """The WebSocket was accepted: greet an authenticated client, or start the auth clock."""
         if self.state is SessionState.OPEN:
-            return [Send(self._connected()), SetTimer(self.settings.session_timeout_s)]
+            return self._authenticated()
         return [SetTimer(self.settings.auth_timeout_s)]
 
     def receive(self, data: str | bytes) -> list[Action]:
@@ -239,17 +185,19 @@ class ChatSession:
             if not _secret_matches(msg.secret, self.settings.secret):
                 return self._fail_auth(ErrorCode.AUTH_FAILED, "invalid secret")
             self.state = SessionState.OPEN
-            return [Send(self._connected()), SetTimer(self.settings.session_timeout_s)]
+            return self._authenticated()
         if self.state is SessionState.AUTHENTICATING:
             return self._fail_auth(ErrorCode.AUTH_REQUIRED, 'the first message must be {"secret": ...}')
+        run = self.run
+        assert run is not None
         if isinstance(msg, Resume):
-            return [*self._resume(msg), *self._activity()]
+            return [*self._resume(run, msg), *self._activity()]
         if isinstance(msg, Cancel):
-            if not self.run.is_pending(msg.id):
-                error = ErrorEvent(code=ErrorCode.UNKNOWN_TURN, message=f"no turn {msg.id!r} is running or queued", id=msg.id)
-                return [Send(error), *self._activity()]
+            if not run.is_pending(msg.id):
+                text = f"no turn {quote(msg.id)} is running or queued"
+                return [Send(ErrorEvent(code=ErrorCode.UNKNOWN_TURN, message=text, id=msg.id)), *self._activity()]
             return [CancelTurn(msg.id), *self._activity()]
-        return [*self._accept(msg), *self._activity()]
+        return [*self._accept(run, msg), *self._activity()]
 
     def timer_expired(self) -> list[Action]:
         """The timer from the last :class:`SetTimer` ran out."""
@@ -277,23 +225,25 @@ class ChatSession:
         """One of the run's turns ended: a draining session may now close."""
         return self._maybe_finish_draining()
 
-    def attach(self, run: ChatRun, last_seq: int) -> tuple[list[tuple[int, ServerEvent]], list[Action]]:
-        """``resume`` found ``run``: switch to it; returns the events to replay, then the actions."""
+    def attach(self, run: ChatRun, last_seq: int) -> tuple[list[tuple[int, str]], list[Action]]:
+        """``resume`` found ``run``: switch to it; returns the frames to replay (seq, text), then the actions."""
         self.run = run
-        events, complete = run.replay_after(last_seq)
-        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.seq, replayed=len(events), complete=complete)
-        return events, [Send(resumed)]
+        frames, complete = run.replay_after(last_seq)
+        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.seq, replayed=len(frames), complete=complete)
+        return frames, [Send(resumed)]
 
     def resume_failed(self, run_id: str) -> list[Action]:
         """``resume`` named a run that is unknown or expired; this connection keeps its own run."""
-        text = f"no resumable run {run_id!r} (unknown or expired); continue in run {self.run.run_id!r}"
+        own = self.run.run_id if self.run is not None else "?"
+        text = f"no resumable run {quote(run_id)} (unknown or expired); continue in run {own!r}"
         return [Send(ErrorEvent(code=ErrorCode.UNKNOWN_RUN, message=text))]
 
     # ------------------------------------------------------------------ internals
 
-    def _connected(self) -> Connected:
-        rid = self.run.run_id
-        return Connected(session_id=rid, connector_run_id=rid, agents=self.run.agents)
+    def _authenticated(self) -> list[Action]:
+        run = self.run = self._new_run()
+        connected = Connected(session_id=run.run_id, connector_run_id=run.run_id, agents=run.agents)
+        return [Send(connected), SetTimer(self.settings.session_timeout_s)]
 
     def _activity(self) -> list[Action]:
         if self.state is SessionState.OPEN or self.state is SessionState.DRAINING:
@@ -304,19 +254,19 @@ class ChatSession:
         self.state = SessionState.CLOSED
         return [Close(CloseCode.AUTH_FAILED, "authentication failed", ErrorEvent(code=code, message=message))]
 
-    def _resume(self, msg: Resume) -> list[Action]:
-        if self.run.message_count or self.run.seq:
+    def _resume(self, run: ChatRun, msg: Resume) -> list[Action]:
+        if run.message_count or run.seq:
             text = "resume must come before the first message of a connection"
             return [Send(ErrorEvent(code=ErrorCode.INVALID_MESSAGE, message=text))]
-        if msg.connector_run_id == self.run.run_id:
+        if msg.connector_run_id == run.run_id:
             return []
         return [ResumeRun(msg.connector_run_id, msg.last_seq)]
 
-    def _accept(self, msg: UserMessage) -> list[Action]:
+    def _accept(self, run: ChatRun, msg: UserMessage) -> list[Action]:
         if self._drain is not None:
             code = ErrorCode.MESSAGE_LIMIT if self._drain.code is CloseCode.MESSAGE_LIMIT else ErrorCode.SERVER_SHUTDOWN
             return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]
-        result = self.run.accept(msg)
+        result = run.accept(msg)
         if isinstance(result, TurnRequest):
             return [Accept(result)]
         if isinstance(result, Ack):
@@ -334,7 +284,9 @@ class ChatSession:
         return self._maybe_finish_draining()
 
     def _maybe_finish_draining(self) -> list[Action]:
-        if self._drain is None or self.run.pending_turns or self.state is SessionState.CLOSED:
+        if self._drain is None or self.state is SessionState.CLOSED:
+            return []
+        if self.run is not None and self.run.pending_turns:
             return []
         self.state = SessionState.CLOSED
         return [self._drain]
