@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ READY = re.compile(r"listening on ((?:ws|tcp)://[\d.]+:\d+)")
 SERVER_START_TIMEOUT_S = 20.0
 SAMPLE_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 3.0  # a server that does not exit on SIGINT within this is killed (and the run says so)
+TEMP_PATHS: list[str] = []  # config files (they hold the secret) and store directories, removed when the run ends
 
 # ------------------------------------------------------------------------- targets
 
@@ -85,8 +87,10 @@ streaming = {"true" if opts["streaming"] else "false"}
 max_messages = 10000
 """
     if store == "sqlite":
-        text = text.replace('store = "sqlite"', f'store = "{tempfile.mkdtemp(prefix="antiphon-bench-")}/transcripts.db"')
+        TEMP_PATHS.append(tempfile.mkdtemp(prefix="antiphon-bench-"))
+        text = text.replace('store = "sqlite"', f'store = "{TEMP_PATHS[-1]}/transcripts.db"')
     fd, path = tempfile.mkstemp(prefix="antiphon-bench-", suffix=".toml")
+    TEMP_PATHS.append(path)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return path
@@ -152,6 +156,29 @@ def _cores() -> tuple[int | None, int | None]:
 SERVER_CPU, CLIENT_CPU = _cores()
 
 
+def _child_setup(cpu: int | None) -> Callable[[], None]:
+    """Run in each child before exec: pin it to ``cpu``, and have it killed if this runner dies."""
+
+    def setup() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if sys.platform == "linux":
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned servers
+
+    return setup
+
+
+def _remove_temp_paths() -> None:
+    while TEMP_PATHS:
+        path = TEMP_PATHS.pop()
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)
+
+
 class Server:
     """One target process: started, waited for until it listens, sampled, stopped."""
 
@@ -169,7 +196,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
+            preexec_fn=_child_setup(cpu),
         )
         log.close()
         self.ps = psutil.Process(self.proc.pid)
@@ -225,7 +252,12 @@ def run_loadgen(server: Server, spec: dict[str, Any]) -> tuple[dict[str, Any], l
     thread.start()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     client = subprocess.Popen(
-        [PY, "-m", "benchmarks.loadgen", json.dumps(spec)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+        [PY, "-m", "benchmarks.loadgen", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_child_setup(None),
     )
     client_ps = psutil.Process(client.pid)
     client_cpu = 0.0
@@ -242,6 +274,9 @@ def run_loadgen(server: Server, spec: dict[str, Any]) -> tuple[dict[str, Any], l
             client.kill()
         out, _ = client.communicate()
     finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
         stop.set()
         thread.join()
     lines = [line for line in out.splitlines() if line.startswith("{")]
@@ -440,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     log_dir = args.out / f"{stamp}-logs"
     log_dir.mkdir()
     started = time.time()
-    raw = run_suite(suite, targets, scenarios, log_dir)
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops its server and the temp files go.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        raw = run_suite(suite, targets, scenarios, log_dir)
+    finally:
+        _remove_temp_paths()
     doc = {
         "suite": suite,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
