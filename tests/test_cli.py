@@ -1,20 +1,24 @@
-"""The `antiphon` command: configuration errors, the serve process, and the docs' example against it."""
+"""The `antiphon` command: flags, one-line start-up errors, logs, the serve process and the docs' example against it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from antiphon.chat.config import GatewaySpec, build, load_file
-from antiphon.errors import ConfigError
+from antiphon import cli
+from antiphon.chat.config import CONNECTOR_KEYS, TOP_LEVEL_KEYS, build
 from tests.chat.test_gateway_socket import run_public_example
 
 ANTIPHON = [sys.executable, "-m", "antiphon"]
@@ -30,50 +34,155 @@ def _config(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_config_errors_are_located(tmp_path: Path) -> None:
-    """A wrongly typed value in the TOML file is reported with its path in the file."""
-    path = _config(tmp_path, '[[connectors]]\npath = "/a"\nmax_messages = "lots"\n')
-    with pytest.raises(ConfigError) as info:
-        load_file(path)
-    assert str(info.value) == f"{path}: $.connectors[0].max_messages: expected an integer, got a string"
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
-def test_config_ranges_are_checked_per_connector(tmp_path: Path) -> None:
-    """An out-of-range setting names the connector it belongs to."""
-    spec = load_file(_config(tmp_path, '[[connectors]]\nsecret = "s"\nsession_timeout = 5\n'))
-    with pytest.raises(ConfigError, match=r"^connectors\[0\]\.session_timeout: must be between 60 and 86400 seconds, got 5$"):
-        build(spec, {})
+@pytest.mark.parametrize(
+    "command",
+    [["serve", "--store", "none"], ["tools", "serve", "os:getcwd"]],
+    ids=["serve", "tools-serve"],
+)
+def test_a_busy_port_is_one_line_and_exit_2(busy_port: int, command: list[str]) -> None:
+    """Every server command reports a port in use as one line and exit status 2, not an ExceptionGroup."""
+    result = _run(*command, "--port", str(busy_port))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"antiphon: cannot listen on 127.0.0.1:{busy_port}: address already in use"]
 
 
-def test_config_mounts_several_connectors(tmp_path: Path) -> None:
-    """Two connectors with their own paths, secrets (one from the environment) and agents."""
-    spec = load_file(
-        _config(
-            tmp_path,
-            'port = 0\n[[connectors]]\npath = "/a"\nsecret = "one"\n'
-            '[[connectors]]\npath = "/b"\nsecret_env = "B_SECRET"\nstreaming = false\n'
-            'agents = { helper = "antiphon.chat.agents:demo_agent" }\n',
-        )
-    )
-    setup = build(spec, {"B_SECRET": "two"})
-    a, b = setup.connectors
-    assert (a.path, a.settings.secret, tuple(a.agents)) == ("/a", "one", ("assistant",))
-    assert (b.path, b.settings.secret, b.settings.streaming, tuple(b.agents)) == ("/b", "two", False, ("helper",))
-    assert setup.generated_secrets == {}
+def test_a_busy_port_from_the_config_file_is_one_line(busy_port: int, tmp_path: Path) -> None:
+    """The address named in a config file is the one the error reports."""
+    result = _run("serve", "--config", _config(tmp_path, f'port = {busy_port}\nstore = "none"\n'))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"antiphon: cannot listen on 127.0.0.1:{busy_port}: address already in use"]
 
 
-def test_missing_secret_env_is_an_error(tmp_path: Path) -> None:
-    """secret_env naming an unset variable is refused rather than silently generating a secret."""
-    spec = load_file(_config(tmp_path, '[[connectors]]\nsecret_env = "NOPE"\n'))
-    with pytest.raises(ConfigError, match=r"^connectors\[0\]\.secret_env: environment variable 'NOPE' is not set$"):
-        build(spec, {})
+def test_unreadable_files_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A missing config file, a config with an unknown key, an unusable store path and a store that is no database."""
+    missing = tmp_path / "none.toml"
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("not a database\n" * 100)
+    cases = {
+        ("serve", "--config", str(missing)): f"antiphon: {missing}: cannot read (No such file or directory)",
+        ("serve", "--config", _config(tmp_path, "prot = 9999\n")): f"antiphon: {tmp_path / 'gateway.toml'}: unknown key 'prot' (did you mean 'port'?)",
+        ("serve", "--port", "0", "--store", str(not_a_dir / "t.db")): f"antiphon: store: cannot open '{not_a_dir / 't.db'}' (",
+        ("sessions", "list", "--store", str(not_a_dir)): f"antiphon: store: cannot open '{not_a_dir}' (file is not a database)",
+        ("sessions", "list", "--store", str(tmp_path)): f"antiphon: store: '{tmp_path}' is a directory, not a transcript store",
+    }
+    for args, line in cases.items():
+        result = _run(*args)
+        assert result.returncode == 2, args
+        (only,) = result.stderr.splitlines()
+        assert only.startswith(line), (args, only)
 
 
-def test_secret_is_generated_when_none_is_given() -> None:
-    """With auth on and no secret, build() makes one up and reports it by path."""
-    setup = build(GatewaySpec(), {})
-    secret = setup.generated_secrets["/"]
-    assert len(secret) == 32 and setup.connectors[0].settings.secret == secret
+def test_flags_are_the_same_settings_as_the_keys() -> None:
+    """Every `serve` flag names a config key, and sets the very settings field that key sets."""
+    assert set(cli.TOP_LEVEL_FLAGS) <= set(TOP_LEVEL_KEYS) and set(cli.CONNECTOR_FLAGS) <= set(CONNECTOR_KEYS)
+    args = cli._parser().parse_args(
+        [
+            "serve", "--host", "127.0.0.2", "--port", "0", "--shutdown-grace", "2", "--store", "none",
+            "--retention-days", "0", "--secret", "s", "--no-streaming", "--session-timeout", "120",
+            "--max-messages", "5", "--path", "/x", "--resume-grace", "0",
+        ]
+    )  # fmt: skip
+    setup = build(cli._document(args), {})
+    assert (setup.server.host, setup.server.port, setup.server.shutdown_grace_s) == ("127.0.0.2", 0, 2.0)
+    assert (setup.store, setup.retention_s) == (None, None)
+    (conn,) = setup.connectors
+    s = conn.settings
+    assert (conn.path, s.secret, s.streaming, s.session_timeout_s, s.max_messages, s.resume_grace_s) == ("/x", "s", False, 120.0, 5, 0.0)
+    no_auth = build(cli._document(cli._parser().parse_args(["serve", "--no-auth"])), {})
+    assert no_auth.connectors[0].settings.require_auth is False and no_auth.generated_secrets == {}
+
+
+def test_a_flag_out_of_range_is_named_as_the_flag() -> None:
+    """Without a config file, a range error names the flag the user typed."""
+    result = _run("serve", "--session-timeout", "5", "--store", "none")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["antiphon: --session-timeout: must be between 60 and 86400 seconds, got 5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "fmt"),
+    [
+        (["serve"], "INFO", "text"),
+        (["--log-level", "warning", "serve"], "WARNING", "text"),
+        (["serve", "--log-level", "debug", "--log-format", "json"], "DEBUG", "json"),
+        (["--log-level", "error", "serve", "--log-level", "debug"], "DEBUG", "text"),
+        (["tools", "serve", "m:f", "--log-level", "debug"], "DEBUG", "text"),
+        (["sessions", "list", "--log-format", "json"], "INFO", "json"),
+        (["chat", "ws://h"], "WARNING", "text"),
+        (["--log-level", "info", "chat", "ws://h"], "INFO", "text"),
+    ],
+)
+def test_log_flags_go_before_or_after_the_subcommand(argv: list[str], level: str, fmt: str) -> None:
+    """`--log-level` / `--log-format` work on the top level and on every subcommand; the later one wins; chat is quieter."""
+    args = cli._parser().parse_args(argv)
+    assert (cli._log_level(args), args.log_format) == (level, fmt)
+
+
+def test_json_debug_logs_are_objects_without_frames_or_secrets(tmp_path: Path) -> None:
+    """`--log-level debug --log-format json`: every stderr line is a JSON object; no per-frame lines; the secret never shows."""
+    secret = "a-long-secret-that-must-not-leak"
+    argv = [*ANTIPHON, "serve", "--port", "0", "--store", "none", "--log-level", "debug", "--log-format", "json", "--secret", secret]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            url = re.search(r"listening on (ws://\S+)", proc.stdout.readline())
+            assert url, "no listening line"
+            assert "Done! Tokens:" in run_public_example(url.group(1), secret)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0
+            err = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    records = [json.loads(line) for line in err.splitlines()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["level"] == "DEBUG" and r["logger"].startswith("antiphon") for r in records)
+    assert not [r for r in records if r["logger"].startswith(("websockets", "antiphon.wire"))]
+    assert secret not in err
+
+
+@pytest.mark.parametrize(
+    ("host", "warns"),
+    [("0.0.0.0", True), ("", True), ("example.com", True), ("127.0.0.1", False), ("::1", False), ("localhost", False)],
+)
+def test_no_auth_on_a_non_loopback_address_warns(caplog: pytest.LogCaptureFixture, host: str, warns: bool) -> None:
+    """A connector without authentication on an address others can reach gets a warning; loopback does not."""
+    open_setup = build({"host": host, "connectors": [{"path": "/open", "require_auth": False}, {"path": "/shut"}]}, {})
+    with caplog.at_level(logging.WARNING, logger="antiphon"):
+        cli._warn_unauthenticated(open_setup)
+    messages = [r.getMessage() for r in caplog.records]
+    if warns:
+        assert len(messages) == 1 and messages[0].startswith("connector /open accepts clients without a secret, on ")
+    else:
+        assert messages == []
+
+
+def test_agent_modules_are_found_in_the_current_directory(tmp_path: Path) -> None:
+    """The console script imports `--agent mod:fn` from the current directory; a plain function is refused at load."""
+    script = Path(sys.executable).parent / "antiphon"
+    if not script.exists():
+        pytest.skip(f"the antiphon console script is not installed next to {sys.executable}")
+    (tmp_path / "my_agents.py").write_text("def plain(turn):\n    return 'hi'\n")
+    result = subprocess.run(
+        [str(script), "serve", "--agent", "my_agents:plain", "--store", "none"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "antiphon: --agent: 'my_agents:plain' is a plain function; an agent is an async generator function "
+        "(async def ... yield chunks) or a coroutine function (async def ... return text)"
+    ]
 
 
 def test_bad_agent_spec_is_reported() -> None:

@@ -1,27 +1,29 @@
-"""The ``antiphon`` command: argument parsing and wiring only; the work is the library's."""
+"""The ``antiphon`` command: argument parsing and wiring only; the work is the library's.
+
+Errors the operator can fix (a bad setting, a busy port, an unreadable file) are one line on
+standard error, ``antiphon: ...``, and exit status 2; the library raises them as
+:class:`~antiphon.errors.AntiphonError` and this module prints them. Anything else is a bug
+and keeps its traceback. ``--log-level`` and ``--log-format`` are accepted before or after
+any subcommand.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, Final
 
-import attrs
 import trio
 
-from antiphon import __version__
-from antiphon.chat.config import (
-    ConnectorSpec,
-    GatewaySetup,
-    GatewaySpec,
-    build,
-    load_file,
-    store_location,
-)
+from antiphon import __version__, logs
+from antiphon.chat.config import GatewaySetup, build, read_file, store_location
 from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
 from antiphon.chat.store import (
@@ -32,18 +34,49 @@ from antiphon.chat.store import (
     read_run,
     read_runs,
 )
-from antiphon.errors import AntiphonError
+from antiphon.errors import AntiphonError, ConfigError
 from antiphon.tuning import tune_gc
 
-__all__ = ["main"]
+__all__ = ["CONNECTOR_FLAGS", "TOP_LEVEL_FLAGS", "main"]
 
-SECRET_ENV = "ANTIPHON_SECRET"
+SECRET_ENV: Final = "ANTIPHON_SECRET"
+
+TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days")
+"""``antiphon serve`` flags whose dest is a top-level config key (``--shutdown-grace`` is ``shutdown_grace``)."""
+CONNECTOR_FLAGS: Final = ("secret", "session_timeout", "max_messages", "agent", "path", "resume_grace")
+"""``antiphon serve`` flags whose dest is a connector key; ``--no-auth`` and ``--no-streaming`` set
+``require_auth`` and ``streaming`` to false."""
+
+DEFAULT_LOG_LEVEL: Final = "INFO"
+"""Every command's log level unless ``--log-level`` says otherwise; ``antiphon chat``'s is WARNING."""
+
+EXIT_USAGE: Final = 2
+"""Exit status of an error the operator can fix (as argparse uses for bad flags)."""
+EXIT_INTERRUPTED: Final = 130
+"""Exit status after Ctrl-C stopped a command outright (128 + SIGINT, as shells report it)."""
+
+log = logging.getLogger("antiphon")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose every subcommand also takes the logging flags."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand that is not given the flag leaves the value the top level set.
+        group = self.add_argument_group("logging")
+        group.add_argument(
+            "--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ..."
+        )
+        group.add_argument(
+            "--log-format", choices=("text", "json"), default=argparse.SUPPRESS, help="text (default) or json: one object per line"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="antiphon", description="Trio WebSocket sessions: chat, tools, media.")
+    parser = _Parser(prog="antiphon", description="Trio WebSocket sessions: chat, tools, media.")
+    parser.set_defaults(log_level=None, log_format="text")
     parser.add_argument("--version", action="version", version=f"antiphon {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the chat gateway")
@@ -79,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("url", help="the gateway's ws:// or wss:// URL")
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
     chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
-    chat.set_defaults(run=_chat)
+    chat.set_defaults(run=_chat, quiet_log_level="WARNING")  # the client's INFO lines would clutter the conversation
 
     from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
 
@@ -90,56 +123,113 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``antiphon`` console script and ``python -m antiphon``."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(_log_level(args), args.log_format)
+    sys.exit(_run(args))
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """``--log-level`` wherever it was given, else the command's default."""
+    level: str = args.log_level or getattr(args, "quiet_log_level", DEFAULT_LOG_LEVEL)
+    return level
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        code = args.run(args)
-    except AntiphonError as exc:
-        print(f"antiphon: {exc}", file=sys.stderr)
-        code = 2
+        code: int = args.run(args)
+        return code
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return EXIT_INTERRUPTED
+    except (Exception, BaseExceptionGroup) as exc:
+        leaf = _lone_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if not isinstance(leaf, AntiphonError):
+            raise  # a bug: keep the traceback
+        print(f"antiphon: {leaf}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _lone_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested groups of one, or ``exc`` itself when there are several."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 # --------------------------------------------------------------------------- serve
 
 
-def _gateway_spec(args: argparse.Namespace) -> GatewaySpec:
-    connector_flags = {
-        "secret": args.secret,
-        "require_auth": False if args.no_auth else None,
-        "streaming": False if args.no_streaming else None,
-        "session_timeout": args.session_timeout,
-        "max_messages": args.max_messages,
-        "agent": args.agent,
-        "path": args.path,
-        "resume_grace": args.resume_grace,
-    }
-    given = {k: v for k, v in connector_flags.items() if v is not None}
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """The config document: the ``--config`` file's, or the flags' in the same shape."""
+    connector: dict[str, Any] = {key: getattr(args, key) for key in CONNECTOR_FLAGS if getattr(args, key) is not None}
+    if args.no_auth:
+        connector["require_auth"] = False
+    if args.no_streaming:
+        connector["streaming"] = False
     if args.config:
-        spec = load_file(args.config)
-        if given:
-            names = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise AntiphonError(f"{names}: set these in the config file when --config is given")
+        if connector:
+            names = ", ".join(sorted(_flag_name(k) for k in connector))
+            raise ConfigError(f"{names}: set these in the config file when --config is given")
+        doc = read_file(args.config)
     else:
-        if "secret" not in given and SECRET_ENV in os.environ and not args.no_auth:
-            given["secret"] = os.environ[SECRET_ENV]
-        spec = GatewaySpec(connectors=[ConnectorSpec(**given)])
-    server_flags = {
-        "host": args.host,
-        "port": args.port,
-        "shutdown_grace": args.shutdown_grace,
-        "store": args.store,
-        "retention_days": args.retention_days,
-    }
-    return attrs.evolve(spec, **{k: v for k, v in server_flags.items() if v is not None})
+        if "secret" not in connector and os.environ.get(SECRET_ENV) and not args.no_auth:
+            connector["secret"] = os.environ[SECRET_ENV]
+        doc = {"connectors": [connector]}
+    doc.update({key: getattr(args, key) for key in TOP_LEVEL_FLAGS if getattr(args, key) is not None})
+    return doc
+
+
+_FLAG_KEYS: Final = {**{k: k for k in (*TOP_LEVEL_FLAGS, *CONNECTOR_FLAGS)}, "require_auth": "no_auth", "streaming": "no_streaming"}
+
+
+def _flag_name(key: str) -> str:
+    return "--" + _FLAG_KEYS.get(key, key).replace("_", "-")
+
+
+_LOCATED: Final = re.compile(r"(?:connectors\[0\]\.)?([a-z_]+)(.*)", re.DOTALL)
+
+
+def _as_flag_error(exc: ConfigError) -> ConfigError:
+    """``connectors[0].session_timeout: ...`` as ``--session-timeout: ...`` when no config file was given."""
+    match = _LOCATED.fullmatch(str(exc))
+    if match is None or match[1] not in _FLAG_KEYS:
+        return exc
+    return ConfigError(f"{_flag_name(match[1])}{match[2]}")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    setup = build(_gateway_spec(args), os.environ)
+    try:
+        setup = build(_document(args), os.environ, source=args.config)
+    except ConfigError as exc:
+        raise (exc if args.config else _as_flag_error(exc)) from None
+    logs.redact(c.settings.secret for c in setup.connectors if c.settings.secret)
+    _warn_unauthenticated(setup)
     tune_gc()
     trio.run(_run_gateway, setup)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface): reachable from elsewhere
+
+
+def _warn_unauthenticated(setup: GatewaySetup) -> None:
+    host = setup.server.host
+    if _is_loopback(host):
+        return
+    for c in setup.connectors:
+        if not c.settings.require_auth:
+            log.warning(
+                "connector %s accepts clients without a secret, on %s, which is not a loopback address: "
+                "anyone who can reach it can use it",
+                c.path,
+                host or "every interface",
+            )
 
 
 async def _run_gateway(setup: GatewaySetup) -> None:
@@ -159,10 +249,10 @@ async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None) -> 
                 print(f"antiphon: generated secret for {path}: {secret}", flush=True)
             paths = " ".join(sorted(gateway.connectors))
             where = setup.store if setup.store is not None else "nowhere"
-            logging.getLogger("antiphon").info("transcripts: %s", where)
+            log.info("transcripts: %s", where)
             print(f"antiphon: chat gateway listening on {gateway.url} (paths: {paths})", flush=True)
             async for signum in signals:
-                logging.getLogger("antiphon").info(
+                log.info(
                     "%s: shutting down gracefully within %gs (send it again to stop at once)",
                     signal.Signals(signum).name,
                     setup.server.shutdown_grace_s,
@@ -185,7 +275,9 @@ async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.Cancel
 def _store_file(args: argparse.Namespace) -> Path | PostgresUrl:
     location: StoreLocation | None = store_location(args.store)
     if not isinstance(location, Path | PostgresUrl):
-        raise AntiphonError(f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read")
+        raise ConfigError(f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read")
+    if isinstance(location, Path) and location.is_dir():
+        raise ConfigError(f"store: {str(location)!r} is a directory, not a transcript store")
     return location
 
 
@@ -208,8 +300,8 @@ def _sessions_show(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from antiphon.chat.terminal import run_terminal_chat
+    from antiphon.chat.terminal import run_terminal_chat  # noqa: PLC0415 (prompt_toolkit only when chatting)
 
-    secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV)
+    secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV) or None
     trio.run(run_terminal_chat, args.url, secret, args.auth)
     return 0

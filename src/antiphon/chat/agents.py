@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -27,7 +29,17 @@ from antiphon.errors import ConfigError
 from antiphon.proto.chat.messages import MessageId, TokenUsage
 from antiphon.proto.chat.run import HistoryEntry
 
-__all__ = ["Agent", "AgentReply", "Turn", "check_chunk", "demo_agent", "load_agent", "start_agent", "whole_reply"]
+__all__ = [
+    "Agent",
+    "AgentReply",
+    "Turn",
+    "check_chunk",
+    "demo_agent",
+    "is_agent_function",
+    "load_agent",
+    "start_agent",
+    "whole_reply",
+]
 
 
 @define(kw_only=True)
@@ -114,13 +126,17 @@ DEMO_AGENT_SPEC = "antiphon.chat.agents:demo_agent"
 
 
 def load_agent(spec: str) -> Agent:
-    """Import ``module:attribute`` (``attribute`` may be dotted) and return the callable.
+    """Import ``module:attribute`` (``attribute`` may be dotted) and return the agent.
 
-    Raises :class:`ConfigError` naming the spec when it cannot be imported or is not callable.
+    The current directory is importable, as for ``python -m``. Raises :class:`ConfigError`
+    naming the spec when it cannot be imported, or when it is not an agent: an async
+    generator function or a coroutine function (a plain ``def`` is refused here, at load,
+    rather than failing every turn).
     """
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise ConfigError(f"agent: expected 'module:function', got {spec!r}")
+    _current_directory_importable()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -131,5 +147,28 @@ def load_agent(spec: str) -> Agent:
         except AttributeError:
             raise ConfigError(f"agent: {module_name!r} has no attribute {attr_path!r}") from None
     if not callable(obj):
-        raise ConfigError(f"agent: {spec!r} is not callable")
+        raise ConfigError(f"agent: {spec!r} is {type(obj).__name__}, not a function")
+    if not is_agent_function(obj):
+        raise ConfigError(
+            f"agent: {spec!r} is a plain function; an agent is an async generator function "
+            f"(async def ... yield chunks) or a coroutine function (async def ... return text)"
+        )
     return obj  # type: ignore[no-any-return]
+
+
+def is_agent_function(obj: object) -> bool:
+    """Whether calling ``obj`` makes an async generator or a coroutine, as far as Python can tell.
+
+    Looks through ``functools.partial``, decorators that set ``__wrapped__``, and objects
+    with an async ``__call__``.
+    """
+    candidates = [obj, inspect.unwrap(obj) if callable(obj) else obj, getattr(obj, "__call__", None)]  # noqa: B004
+    return any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in candidates if c is not None)
+
+
+def _current_directory_importable() -> None:
+    # `python -m antiphon` puts the current directory on sys.path; the `antiphon` console
+    # script does not, and users expect `--agent mymodule:fn` to find ./mymodule.py either way.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)

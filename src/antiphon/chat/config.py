@@ -1,37 +1,57 @@
-"""The gateway's configuration file (TOML), decoded with located errors.
+"""The gateway's configuration: TOML keys, or ``antiphon serve`` flags, structured into the library's own settings.
 
 ::
 
-    host = "127.0.0.1"          # everything at the top level is optional
+    host = "127.0.0.1"          # top level: ServerConfig and SessionConfig fields, all optional
     port = 8765
-    shutdown_grace = 10         # seconds running turns get on SIGINT/SIGTERM
-    max_connections = 10000
+    shutdown_grace = 10
     ping_interval = 20
-    ping_timeout = 20
-    max_message_size = 1048576
     store = "~/.local/state/antiphon/transcripts.db"   # or "postgresql://...", "memory", "none"
     retention_days = 30         # transcripts idle longer are deleted; 0 keeps them forever
 
-    [[connectors]]
+    [[connectors]]              # each: ChatSettings fields, plus where and what it serves
     path = "/support"
     secret_env = "SUPPORT_SECRET"      # or secret = "..."; neither: one is generated
     agent = "mypkg.agents:support"     # or agents = { name = "module:function", ... }
-    streaming = true
     session_timeout = 3600
-    max_messages = 100
-    resume_grace = 60           # seconds a dropped run keeps going, waiting for a resume
 
-A file without ``[[connectors]]`` mounts one connector at ``/`` with the demo agent.
+Theory of operation
+-------------------
+Every key is a field of a settings class, named as the field without its unit suffix
+(``session_timeout_s`` is written ``session_timeout``):
+
+* the top level holds the fields of :class:`~antiphon.engine.server.ServerConfig` and
+  :class:`~antiphon.engine.session.SessionConfig`, and the file's own keys ``store``,
+  ``retention_days`` and ``connectors``;
+* a ``[[connectors]]`` table holds the fields of
+  :class:`~antiphon.proto.chat.settings.ChatSettings`, the connector's ``path``, and its own
+  ``secret_env`` and ``agent`` / ``agents``.
+
+Each table is split by the class that owns each key, and each part is structured by cattrs
+straight into that class (renamed keys, extra keys forbidden): the defaults, the type checks
+and the range checks are the classes' own, so a field added to one of them is a key at once.
+A field whose type TOML cannot spell (an ``ssl.SSLContext``) is not a key. A key that belongs
+to no class is an error naming the nearest valid one. The CLI turns its flags into the same
+document, so a flag and its key cannot drift apart. A file without ``[[connectors]]`` mounts
+one connector at ``/`` with the demo agent.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 import secrets
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, Final, TypeVar, Union
 
+import attrs
+import cattrs
 from attrs import field, frozen
+from cattrs.gen import make_dict_structure_fn, override
 
 from antiphon.chat.agents import DEMO_AGENT_SPEC, Agent, load_agent
 from antiphon.chat.gateway import Connector
@@ -43,56 +63,41 @@ from antiphon.chat.store import (
 )
 from antiphon.engine.server import ServerConfig
 from antiphon.engine.session import SessionConfig
-from antiphon.errors import ConfigError, DecodeError
-from antiphon.proto._codec import make_converter, structure
-from antiphon.proto.chat.settings import MAX_REPLY_BYTES, REPLAY_MAX_BYTES, ChatSettings
+from antiphon.errors import ConfigError
+from antiphon.proto._codec import decode_error, make_converter
+from antiphon.proto.chat.settings import ChatSettings
 
-__all__ = ["ConnectorSpec", "GatewaySetup", "GatewaySpec", "build", "load_file", "store_location"]
+__all__ = ["CONNECTOR_KEYS", "GatewaySetup", "TOP_LEVEL_KEYS", "build", "load_file", "read_file", "store_location", "toml_key"]
 
-SECRET_BYTES = 24
+SECRET_BYTES: Final = 24
 """A generated secret carries 24 random bytes (32 URL-safe characters)."""
+
+UNIT_SUFFIXES: Final = ("_s",)
+"""Suffixes a field name carries and its TOML key does not (``session_timeout_s`` -> ``session_timeout``)."""
 
 
 @frozen(kw_only=True)
-class ConnectorSpec:
-    """One ``[[connectors]]`` table, as written."""
+class _TopLevelKeys:
+    """The top level's own keys: the gateway's, not any settings class's."""
 
-    path: str = "/"
-    secret: str | None = None
+    store: str | None = None
+    retention_days: float = 30.0
+    connectors: list[dict[str, Any]] = field(factory=lambda: [{}])
+
+
+@frozen(kw_only=True)
+class _ConnectorKeys:
+    """A connector table's own keys; ``path=None`` leaves :class:`Connector`'s default."""
+
+    path: str | None = None
     secret_env: str | None = None
-    require_auth: bool = True
-    streaming: bool = True
-    session_timeout: float = 3600.0
-    max_messages: int = 100
-    auth_timeout: float = 10.0
-    max_queued_turns: int = 16
-    resume_grace: float = 60.0
-    max_reply_bytes: int = MAX_REPLY_BYTES
-    history_max_chars: int = 1_000_000
-    replay_max_bytes: int = REPLAY_MAX_BYTES
     agent: str | None = None
     agents: dict[str, str] | None = None
 
 
-@frozen(kw_only=True)
-class GatewaySpec:
-    """The whole file, as written."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    shutdown_grace: float = 10.0
-    max_connections: int = 10_000
-    max_message_size: int = 1024 * 1024
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    store: str | None = None
-    retention_days: float = 30.0
-    connectors: list[ConnectorSpec] = field(factory=lambda: [ConnectorSpec()])
-
-
 @frozen
 class GatewaySetup:
-    """What :func:`build` makes of a spec: ready to hand to :func:`~antiphon.chat.serve_chat`."""
+    """What :func:`build` makes of a document: ready to hand to :class:`~antiphon.chat.ChatGateway`."""
 
     server: ServerConfig
     session: SessionConfig
@@ -104,8 +109,40 @@ class GatewaySetup:
     retention_s: float | None
 
 
+def toml_key(field_name: str) -> str:
+    """The TOML key (and, with dashes, the flag) of a settings field: its name without a unit suffix."""
+    for suffix in UNIT_SUFFIXES:
+        if field_name.endswith(suffix):
+            return field_name[: -len(suffix)]
+    return field_name
+
+
+_DEFAULT_PATH: Final = str(attrs.fields(Connector).path.default)
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _toml_can_spell(tp: Any) -> bool:
+    if tp in _SCALARS or tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union or isinstance(tp, types.UnionType):
+        return all(_toml_can_spell(a) for a in args)
+    if origin is list:
+        return all(_toml_can_spell(a) for a in args)
+    if origin is dict:
+        return bool(args) and args[0] is str and _toml_can_spell(args[1])
+    return False
+
+
+def _fields(cls: type) -> dict[str, str]:
+    """TOML key -> field name, for the fields of ``cls`` that TOML can spell."""
+    hints = typing.get_type_hints(cls)
+    return {toml_key(f.name): f.name for f in attrs.fields(cls) if f.init and _toml_can_spell(hints[f.name])}
+
+
 _converter = make_converter()
 _converter.register_structure_hook_func(lambda tp: tp == dict[str, str], lambda v, _: _string_table(v))
+_converter.register_structure_hook_func(lambda tp: tp == list[dict[str, Any]], lambda v, _: _list_of_tables(v))
 
 
 def _string_table(value: object) -> dict[str, str]:
@@ -114,72 +151,184 @@ def _string_table(value: object) -> dict[str, str]:
     return value
 
 
-def load_file(path: str | Path) -> GatewaySpec:
-    """Read and decode a TOML config file; raise :class:`ConfigError` naming the file and the field."""
+def _list_of_tables(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("expected an array of tables ([[connectors]])")
+    return value
+
+
+def _register(cls: type) -> dict[str, str]:
+    keys = _fields(cls)
+    spelled = set(keys.values())
+    overrides = {
+        f.name: override(omit=True) if f.name not in spelled else override(rename=toml_key(f.name))
+        for f in attrs.fields(cls)
+        if f.name not in spelled or toml_key(f.name) != f.name
+    }
+    hook: Callable[[Mapping[str, Any], Any], Any] = make_dict_structure_fn(
+        cls, _converter, _cattrs_forbid_extra_keys=True, **overrides  # type: ignore[arg-type]
+    )
+    _converter.register_structure_hook(cls, hook)
+    return keys
+
+
+def _owners(*classes: type) -> dict[str, type]:
+    owners: dict[str, type] = {}
+    for cls in classes:
+        for key in _register(cls):
+            if key in owners:
+                raise TypeError(f"config key {key!r} is a field of both {owners[key].__name__} and {cls.__name__}")
+            owners[key] = cls
+    return owners
+
+
+_TOP_LEVEL: Final = _owners(ServerConfig, SessionConfig, _TopLevelKeys)
+_CONNECTOR: Final = _owners(ChatSettings, _ConnectorKeys)
+
+TOP_LEVEL_KEYS: Final = tuple(_TOP_LEVEL)
+"""Every key the top level of the file accepts."""
+CONNECTOR_KEYS: Final = tuple(_CONNECTOR)
+"""Every key a ``[[connectors]]`` table accepts."""
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a TOML file; raise :class:`ConfigError` naming the file when it cannot."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    try:
-        return structure(_converter, doc, GatewaySpec)
-    except DecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_file(path: str | Path, environ: Mapping[str, str], *, load: Callable[[str], Agent] = load_agent) -> GatewaySetup:
+    """:func:`read_file`, then :func:`build`; every error names the file."""
+    return build(read_file(path), environ, source=str(path), load=load)
 
 
 def build(
-    spec: GatewaySpec,
+    doc: Mapping[str, Any],
     environ: Mapping[str, str],
     *,
+    source: str | None = None,
     load: Callable[[str], Agent] = load_agent,
 ) -> GatewaySetup:
-    """Turn a spec into server settings and connectors: resolve secrets, import agents, check ranges."""
-    server = ServerConfig(
-        host=spec.host,
-        port=spec.port,
-        max_connections=spec.max_connections,
-        max_message_size=spec.max_message_size,
-        shutdown_grace_s=spec.shutdown_grace,
-    )
-    session = SessionConfig(ping_interval_s=spec.ping_interval, ping_timeout_s=spec.ping_timeout)
-    connectors, generated = [], {}
-    for i, c in enumerate(spec.connectors):
-        where = f"connectors[{i}]"
-        secret = c.secret
-        if secret is None and c.secret_env is not None:
-            secret = environ.get(c.secret_env)
-            if not secret:
-                raise ConfigError(f"{where}.secret_env: environment variable {c.secret_env!r} is not set")
-        if c.require_auth and not secret:
-            secret = secrets.token_urlsafe(SECRET_BYTES)
-            generated[c.path] = secret
-        if c.agent is not None and c.agents is not None:
-            raise ConfigError(f"{where}: give either agent or agents, not both")
-        specs = c.agents if c.agents is not None else {"assistant": c.agent or DEMO_AGENT_SPEC}
+    """Structure a configuration document: settings, secrets, agents, connectors.
+
+    ``doc`` is a parsed TOML file or the CLI's flags in the same shape. Raises
+    :class:`ConfigError` naming the key (``connectors[0].max_messages: ...``), prefixed by
+    ``source`` when given.
+    """
+    try:
+        return _build(doc, environ, load)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+def _build(doc: Mapping[str, Any], environ: Mapping[str, str], load: Callable[[str], Agent]) -> GatewaySetup:
+    parts = _split(doc, _TOP_LEVEL, "")
+    server = _structure(ServerConfig, parts[ServerConfig], "")
+    session = _structure(SessionConfig, parts[SessionConfig], "")
+    own = _structure(_TopLevelKeys, parts[_TopLevelKeys], "")
+    if own.retention_days < 0:
+        raise ConfigError(f"retention_days: must not be negative, got {own.retention_days:g}")
+    connectors: list[Connector] = []
+    generated: dict[str, str] = {}
+    for i, table in enumerate(own.connectors):
+        connectors.append(_connector(table, f"connectors[{i}].", environ, load, generated))
+    retention = own.retention_days * 86_400 if own.retention_days else None
+    return GatewaySetup(server, session, connectors, generated, store_location(own.store), retention)
+
+
+def _connector(
+    table: Mapping[str, Any],
+    where: str,
+    environ: Mapping[str, str],
+    load: Callable[[str], Agent],
+    generated: dict[str, str],
+) -> Connector:
+    parts = _split(table, _CONNECTOR, where)
+    own = _structure(_ConnectorKeys, parts[_ConnectorKeys], where)
+    settings = dict(parts[ChatSettings])
+    if own.secret_env is not None:
+        if "secret" in settings:
+            raise ConfigError(f"{where}secret_env: give either secret or secret_env, not both")
+        value = environ.get(own.secret_env)
+        if not value:
+            raise ConfigError(f"{where}secret_env: environment variable {own.secret_env!r} is not set")
+        settings["secret"] = value
+    require_auth = settings.get("require_auth", attrs.fields(ChatSettings).require_auth.default)
+    if require_auth is not False and not settings.get("secret"):
+        settings["secret"] = secrets.token_urlsafe(SECRET_BYTES)
+        generated[own.path or _DEFAULT_PATH] = settings["secret"]
+    chat_settings = _structure(ChatSettings, settings, where)
+    if own.agent is not None and own.agents is not None:
+        raise ConfigError(f"{where.rstrip('.')}: give either agent or agents, not both")
+    try:
+        agents = _load_agents(own, load)
+        if own.path is None:
+            return Connector(settings=chat_settings, agents=agents)
+        return Connector(settings=chat_settings, agents=agents, path=own.path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _load_agents(own: _ConnectorKeys, load: Callable[[str], Agent]) -> dict[str, Agent]:
+    if own.agents is None:
+        return {"assistant": load(own.agent or DEMO_AGENT_SPEC)}  # its errors read "agent: ..."
+    agents = {}
+    for name, target in own.agents.items():
         try:
-            agents = {name: load(target) for name, target in specs.items()}
-            settings = ChatSettings(
-                require_auth=c.require_auth,
-                secret=secret,
-                streaming=c.streaming,
-                session_timeout_s=c.session_timeout,
-                max_messages=c.max_messages,
-                auth_timeout_s=c.auth_timeout,
-                max_queued_turns=c.max_queued_turns,
-                resume_grace_s=c.resume_grace,
-                max_reply_bytes=c.max_reply_bytes,
-                history_max_chars=c.history_max_chars,
-                replay_max_bytes=c.replay_max_bytes,
-            )
-            connectors.append(Connector(settings=settings, agents=agents, path=c.path))
+            agents[name] = load(target)
         except ConfigError as exc:
-            raise ConfigError(f"{where}.{exc}") from None
-    if spec.retention_days < 0:
-        raise ConfigError(f"retention_days: must not be negative, got {spec.retention_days:g}")
-    retention = spec.retention_days * 86_400 if spec.retention_days else None
-    return GatewaySetup(server, session, connectors, generated, store_location(spec.store), retention)
+            raise ConfigError(f"agents.{name}: {str(exc).removeprefix('agent: ')}") from None
+    return agents
+
+
+def _split(table: Mapping[str, Any], owners: Mapping[str, type], where: str) -> dict[type, dict[str, Any]]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where.rstrip('.') or 'the document'}: expected a table")
+    parts: dict[type, dict[str, Any]] = {cls: {} for cls in owners.values()}
+    unknown = []
+    for key, value in table.items():
+        owner = owners.get(key)
+        if owner is None:
+            unknown.append(_unknown(key, owners))
+        else:
+            parts[owner][key] = value
+    if unknown:
+        raise ConfigError(f"{where.rstrip('.') + ': ' if where else ''}{'; '.join(unknown)}")
+    return parts
+
+
+def _unknown(key: str, owners: Mapping[str, type]) -> str:
+    close = difflib.get_close_matches(key, list(owners), n=1)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    return f"unknown key {key!r} (valid keys: {', '.join(sorted(owners))})"
+
+
+_T = TypeVar("_T")
+_FIELD_PATH: Final = re.compile(r"\$\.([A-Za-z_]\w*)(.*)")
+
+
+def _structure(cls: type[_T], values: Mapping[str, Any], where: str) -> _T:
+    try:
+        return _converter.structure(values, cls)
+    except cattrs.ClassValidationError as exc:
+        for inner in exc.exceptions:
+            if isinstance(inner, ConfigError):  # the class's own range check
+                raise ConfigError(f"{where}{inner}") from None
+        messages = []
+        for line in decode_error(exc).errors:
+            path, _, problem = line.partition(": ")
+            match = _FIELD_PATH.fullmatch(path)
+            located = f"{toml_key(match[1])}{match[2]}" if match else path
+            messages.append(f"{where}{located}: {problem}")
+        raise ConfigError("; ".join(messages)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
 
 
 def store_location(value: str | None) -> StoreLocation | None:
