@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("url", help="the gateway's ws:// or wss:// URL")
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
     chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
+    chat.add_argument("--agent", metavar="NAME", help="the agent to talk to first, on a connector with several")
     chat.set_defaults(run=_chat, quiet_log_level="WARNING")  # the client's INFO lines would clutter the conversation
 
     from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
@@ -303,5 +305,5 @@ def _chat(args: argparse.Namespace) -> int:
     from antiphon.chat.terminal import run_terminal_chat  # noqa: PLC0415 (prompt_toolkit only when chatting)
 
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV) or None
-    trio.run(run_terminal_chat, args.url, secret, args.auth)
-    return 0
+    code: int = trio.run(partial(run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV))
+    return code
