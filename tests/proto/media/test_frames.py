@@ -37,17 +37,21 @@ def test_frames_are_immutable() -> None:
 @pytest.mark.parametrize(
     ("audio", "sample_rate", "num_channels", "message"),
     [
-        (b"\x00\x00", 0, 1, "sample_rate must be positive"),
-        (b"\x00\x00", -16000, 1, "sample_rate must be positive"),
-        (b"\x00\x00", 16000, 0, "num_channels must be positive"),
+        (b"\x00\x00", 0, 1, "sample_rate must be between 8000 and 384000"),
+        (b"\x00\x00", -16000, 1, "sample_rate must be between 8000 and 384000"),
+        (b"\x00\x00", 16000, 0, "num_channels must be between 1 and 8"),
+        (b"\x00\x00", 24, 1, "sample_rate must be between 8000 and 384000"),  # issue 10 #1: killed the server
+        (b"\x00\x00", 7999, 1, "sample_rate must be between 8000 and 384000"),
+        (b"\x00\x00", 384001, 1, "sample_rate must be between 8000 and 384000"),
+        (b"\x00" * 18, 16000, 9, "num_channels must be between 1 and 8"),
         (b"\x00", 16000, 1, "not a whole number of 2-byte sample frames"),
         (b"\x00\x00", 48000, 2, "not a whole number of 4-byte sample frames"),
         (b"\x00" * 10, 16000, 3, "not a whole number of 6-byte sample frames"),
-        (b"\x00\x00", 2**32, 1, "at most 4294967295"),
+        (b"\x00\x00", 2**32 - 1, 1, "sample_rate must be between 8000 and 384000"),  # issue 10 #2: 343 MB pad
     ],
 )
 def test_invalid_audio_is_refused(audio: bytes, sample_rate: int, num_channels: int, message: str) -> None:
-    """Audio with a non-positive rate/channel count or a partial sample frame cannot be built."""
+    """Audio outside 8-384 kHz or 1-8 channels, or with a partial sample frame, cannot be built."""
     with pytest.raises(ValueError, match=message):
         AudioRawFrame(audio, sample_rate, num_channels)
 

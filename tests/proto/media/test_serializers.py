@@ -251,6 +251,14 @@ BAD_PROTOBUF: list[tuple[bytes | str, SkipReason]] = [
      SkipReason.BAD_WAV),  # fmt: skip
     (_peer(audio={"audio": add_wav_header(PCM, 8000, 1), "sample_rate": 16000, "num_channels": 1}),
      SkipReason.BAD_WAV),  # fmt: skip
+    # issue 10 #1: a 14-byte frame at 1-24 Hz made the chunker raise inside the routing task.
+    (_peer(audio={"audio": b"\x00\x00", "sample_rate": 24, "num_channels": 1}), SkipReason.BAD_AUDIO),
+    # issue 10 #2: 2 bytes claiming 4294967295 Hz were padded to a 343 MB chunk; 100 MHz queued 232 MB.
+    (_peer(audio={"audio": b"\x00\x00", "sample_rate": 2**32 - 1, "num_channels": 1}), SkipReason.BAD_AUDIO),
+    (_peer(audio={"audio": b"\x00\x00", "sample_rate": 100_000_000, "num_channels": 1}), SkipReason.BAD_AUDIO),
+    (_peer(audio={"audio": b"\x00" * 18, "sample_rate": 16000, "num_channels": 9}), SkipReason.BAD_AUDIO),
+    (_peer(audio={"audio": add_wav_header(PCM, 7000, 1), "sample_rate": 7000, "num_channels": 1}), SkipReason.BAD_AUDIO),
+    (_peer(message={"data": "[" * 65 + "]" * 65}), SkipReason.BAD_MESSAGE),  # nested past MAX_MESSAGE_DEPTH
 ]
 
 
@@ -323,16 +331,46 @@ BAD_JSON: list[tuple[bytes | str, SkipReason]] = [
     ('{"type":"audio","audio":"AAAA","sample_rate":16000,"num_channels":0}', SkipReason.BAD_AUDIO),
     ('{"type":"audio","audio":"not base64!","sample_rate":16000,"num_channels":1}', SkipReason.BAD_AUDIO),
     ('{"type":"audio","audio":"AAAA","sample_rate":16000,"num_channels":1}', SkipReason.BAD_AUDIO),  # 3 bytes
+    # issue 10 #5: an unhashable "type" raised TypeError (documented: never raises), closing the session 1011.
+    ('{"type":[]}', SkipReason.NO_FRAME),
+    ('{"type":{"a":1}}', SkipReason.NO_FRAME),
+    ('{"type":"audio","audio":"AAA=","sample_rate":24,"num_channels":1}', SkipReason.BAD_AUDIO),  # issue 10 #1
+    ('{"type":"audio","audio":"AAA=","sample_rate":4294967295,"num_channels":1}', SkipReason.BAD_AUDIO),
+    ('{"type":"message","message":' + "[" * 65 + "]" * 65 + "}", SkipReason.BAD_MESSAGE),
 ]
 
 
 @pytest.mark.parametrize(("data", "reason"), BAD_JSON)
 def test_bad_json_messages_are_skipped_with_a_reason(data: bytes | str, reason: SkipReason) -> None:
-    """Each bad JSON message gives None and counts under its reason."""
+    """Each bad JSON message gives None and counts under its reason; decode raises DecodeError."""
     ser = JsonFrameSerializer()
     assert ser.deserialize(data) is None
     assert ser.stats.skipped == {reason: 1}
     assert ser.stats.last_skip is not None and ser.stats.last_skip.detail.startswith("$")
+    with pytest.raises(DecodeError):
+        ser.decode(data)
+
+
+def _nested(depth: int) -> object:
+    value: object = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [65, 600, 3000])
+@pytest.mark.parametrize("ser", [ProtobufFrameSerializer(), JsonFrameSerializer()])
+def test_deep_messages_are_refused_not_recursion_errors(ser: ProtobufFrameSerializer | JsonFrameSerializer, depth: int) -> None:
+    """A message nested 65, 600 or 3000 deep is a LocalProtocolError (issue 10 #1: RecursionError killed the server)."""
+    with pytest.raises(LocalProtocolError, match="deeper than 64"):
+        ser.serialize(MessageFrame(_nested(depth)))
+
+
+@pytest.mark.parametrize("ser", [ProtobufFrameSerializer(stamp_frames=False), JsonFrameSerializer()])
+def test_messages_64_deep_still_round_trip(ser: ProtobufFrameSerializer | JsonFrameSerializer) -> None:
+    """MAX_MESSAGE_DEPTH (64) levels are accepted both ways."""
+    frame = MessageFrame(_nested(64))
+    assert ser.deserialize(ser.serialize(frame)) == frame
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), [1, {"x": -float("inf")}]])

@@ -48,10 +48,14 @@ def test_header_matches_stdlib_wave(n_bytes: int, sample_rate: int, num_channels
 
 @pytest.mark.parametrize(
     ("pcm", "sample_rate", "num_channels"),
-    [(b"\x00", 16000, 1), (b"\x00\x00", 48000, 2), (b"", 0, 1), (b"", 16000, 0)],
-)
+    [
+        (b"\x00", 16000, 1), (b"\x00\x00", 48000, 2), (b"", 0, 1), (b"", 16000, 0),
+        # issue 10 #2: these raised struct.error (byte rate, rate or channels past their fields).
+        (b"", 2**31, 2), (b"", 2**32, 1), (b"", 16000, 2**16),
+    ],
+)  # fmt: skip
 def test_impossible_headers_are_refused(pcm: bytes, sample_rate: int, num_channels: int) -> None:
-    """A partial sample frame or a non-positive format is the caller's bug."""
+    """A partial sample frame, a non-positive format or one the header's fields cannot hold is a LocalProtocolError."""
     with pytest.raises(LocalProtocolError):
         add_wav_header(pcm, sample_rate, num_channels)
 

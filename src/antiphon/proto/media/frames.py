@@ -1,4 +1,4 @@
-"""Media frames: the five Pipecat frame kinds antiphon's media transports carry.
+"""Media frames: the five Pipecat frame kinds, and the telephony events of phone-line streams.
 
 Theory of operation
 -------------------
@@ -7,11 +7,22 @@ transcriptions, transport messages (JSON) and interruptions. antiphon models eac
 immutable attrs class with the same fields as Pipecat's ``frames.proto``, so a frame
 decoded from a Pipecat peer and one built by antiphon code are the same object.
 
+Phone-line streams (Twilio Media Streams, :mod:`antiphon.proto.media.twilio`) carry four
+more kinds that Pipecat's protobuf schema lacks: :class:`StreamStartFrame` (the call's
+metadata), :class:`DTMFFrame` (a key press), :class:`MarkFrame` (a point in the output
+audio, echoed once the caller has heard it) and :class:`StreamStopFrame` (the call is
+over; the transport ends the session after delivering it). The protobuf and JSON
+serializers refuse them with ``LocalProtocolError``.
+
 Audio is always signed 16-bit little-endian PCM, interleaved when there are several
 channels (Pipecat's only sample format). An :class:`AudioRawFrame` whose ``audio`` is not
-a whole number of sample frames (``2 * num_channels`` bytes each), or whose
-``sample_rate`` or ``num_channels`` is not positive, cannot be built: the constructor
-raises :class:`ValueError`. Serializers turn that into a skipped frame on input.
+a whole number of sample frames (``2 * num_channels`` bytes each), whose ``sample_rate``
+is outside 8 kHz - 384 kHz (:data:`MIN_SAMPLE_RATE_HZ`, :data:`MAX_SAMPLE_RATE_HZ`) or
+whose ``num_channels`` is outside 1 - 8 (:data:`MAX_CHANNELS`) cannot be built: the
+constructor raises :class:`ValueError`. Serializers turn that into a skipped frame on
+input, so a peer can never make antiphon pace, pad, resample or WAV-wrap audio in a
+format no real device produces (a "1 Hz" frame would make a 40 ms chunk hold no sample;
+a "4 GHz" one would pad its last chunk to hundreds of megabytes).
 
 Frame ids and names
 -------------------
@@ -32,34 +43,59 @@ import attrs
 from attrs import field, frozen, validators
 
 __all__ = [
-    "PCM_SAMPLE_WIDTH_BYTES",
-    "AudioRawFrame",
-    "FrameStamper",
+    "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE_HZ",
     "MEDIA_FRAME_TYPES",
+    "MIN_SAMPLE_RATE_HZ",
+    "PCM_SAMPLE_WIDTH_BYTES",
+    "TELEPHONY_FRAME_TYPES",
+    "AnyFrame",
+    "AudioRawFrame",
+    "DTMFFrame",
+    "FrameStamper",
     "InterruptionFrame",
+    "MarkFrame",
     "MediaFrame",
     "MessageFrame",
+    "StreamStartFrame",
+    "StreamStopFrame",
+    "TelephonyFrame",
     "TextFrame",
     "TranscriptionFrame",
 ]
 
 PCM_SAMPLE_WIDTH_BYTES: Final = 2
 """Bytes per sample: Pipecat audio is always signed 16-bit little-endian PCM."""
+MIN_SAMPLE_RATE_HZ: Final = 8000
+"""Lowest accepted sample rate: narrowband telephony (G.711); nothing real is slower."""
+MAX_SAMPLE_RATE_HZ: Final = 384000
+"""Highest accepted sample rate: the fastest professional converters; bounds every chunk's bytes."""
+MAX_CHANNELS: Final = 8
+"""Most channels accepted: 7.1 surround; voice is 1 or 2."""
 
-_UINT32_MAX: Final = 2**32 - 1  # sample_rate and num_channels are uint32 on the wire
 _UINT64_MAX: Final = 2**64 - 1  # id and pts are uint64 on the wire
 
 
-def _uint(limit: int, *, positive: bool = False) -> Any:
-    """A validator for an int that must fit the wire's unsigned field (and be > 0 if asked)."""
-    low = 1 if positive else 0
+def _uint(limit: int) -> Any:
+    """A validator for an int that must fit the wire's unsigned field."""
 
     def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{attribute.name} must be an integer, got {type(value).__name__}")
-        if not low <= value <= limit:
-            what = "positive" if positive else "non-negative"
-            raise ValueError(f"{attribute.name} must be {what} and at most {limit}, got {value}")
+        if not 0 <= value <= limit:
+            raise ValueError(f"{attribute.name} must be non-negative and at most {limit}, got {value}")
+
+    return check
+
+
+def _in_range(low: int, high: int) -> Any:
+    """A validator for an int in ``[low, high]`` (bools refused)."""
+
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{attribute.name} must be an integer, got {type(value).__name__}")
+        if not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be between {low} and {high}, got {value}")
 
     return check
 
@@ -100,15 +136,17 @@ class TextFrame(_FrameBase):
 class AudioRawFrame(_FrameBase):
     """A block of 16-bit PCM (Pipecat ``AudioRawFrame``, protobuf field ``audio`` = 2).
 
-    Raises :class:`ValueError` when ``sample_rate`` or ``num_channels`` is not positive or
-    ``audio`` is not a whole number of sample frames. ``pts`` of ``None`` means unset;
-    Pipecat treats ``pts=0`` as unset too, so 0 never survives the protobuf wire.
+    Raises :class:`ValueError` when ``sample_rate`` is outside
+    :data:`MIN_SAMPLE_RATE_HZ` - :data:`MAX_SAMPLE_RATE_HZ`, ``num_channels`` outside 1 -
+    :data:`MAX_CHANNELS`, or ``audio`` is not a whole number of sample frames. ``pts`` of
+    ``None`` means unset; Pipecat treats ``pts=0`` as unset too, so 0 never survives the
+    protobuf wire.
     """
 
     kind: ClassVar[str] = "audio"
     audio: bytes = field(converter=_to_bytes, validator=validators.instance_of(bytes))
-    sample_rate: int = field(validator=_uint(_UINT32_MAX, positive=True))
-    num_channels: int = field(validator=_uint(_UINT32_MAX, positive=True))
+    sample_rate: int = field(validator=_in_range(MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ))
+    num_channels: int = field(validator=_in_range(1, MAX_CHANNELS))
     pts: int | None = field(default=None, validator=_optional_uint64)
 
     def __attrs_post_init__(self) -> None:
@@ -160,8 +198,61 @@ class InterruptionFrame(_FrameBase):
     kind: ClassVar[str] = "interruption"
 
 
+@frozen
+class StreamStartFrame(_FrameBase):
+    """A phone-line stream started (Twilio ``start``): who is calling and in what format.
+
+    ``custom_parameters`` are the ``<Parameter>`` values of the TwiML ``<Stream>``;
+    ``tracks`` the media flows to expect (``("inbound",)`` for a bidirectional stream).
+    """
+
+    kind: ClassVar[str] = "stream_start"
+    stream_sid: str = field(validator=_STR)
+    call_sid: str = field(default="", validator=_STR)
+    account_sid: str = field(default="", validator=_STR)
+    tracks: tuple[str, ...] = field(default=(), converter=tuple)
+    custom_parameters: dict[str, str] = field(factory=dict, eq=True, hash=False)
+    sample_rate: int = field(default=8000, validator=_in_range(MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ))
+    encoding: str = field(default="audio/x-mulaw", validator=_STR)
+
+
+@frozen
+class DTMFFrame(_FrameBase):
+    """A key press on the phone (Twilio ``dtmf``): one of ``0-9 * # A-D``."""
+
+    kind: ClassVar[str] = "dtmf"
+    digit: str = field(validator=_STR)
+
+
+@frozen
+class MarkFrame(_FrameBase):
+    """A named point in the output audio.
+
+    Sent on a transport's output, it goes out after the audio queued before it; received,
+    it means the caller has heard everything up to that point (Twilio echoes each mark
+    when its audio has played, or when a ``clear`` dropped it).
+    """
+
+    kind: ClassVar[str] = "mark"
+    mark: str = field(validator=_STR)
+
+
+@frozen
+class StreamStopFrame(_FrameBase):
+    """The phone-line stream ended (Twilio ``stop``): the transport closes the session after it."""
+
+    kind: ClassVar[str] = "stream_stop"
+    ends_session: ClassVar[bool] = True
+
+
 MediaFrame = TextFrame | AudioRawFrame | TranscriptionFrame | MessageFrame | InterruptionFrame
-"""Any frame a media serializer accepts or produces."""
+"""A frame of Pipecat's wire schema: what the protobuf and JSON serializers carry."""
+
+TelephonyFrame = StreamStartFrame | DTMFFrame | MarkFrame | StreamStopFrame
+"""A phone-line event (Twilio Media Streams)."""
+
+AnyFrame = MediaFrame | TelephonyFrame
+"""Any frame a media transport carries."""
 
 MEDIA_FRAME_TYPES: Final[tuple[type[_FrameBase], ...]] = (
     TextFrame,
@@ -170,8 +261,14 @@ MEDIA_FRAME_TYPES: Final[tuple[type[_FrameBase], ...]] = (
     MessageFrame,
     InterruptionFrame,
 )
+TELEPHONY_FRAME_TYPES: Final[tuple[type[_FrameBase], ...]] = (
+    StreamStartFrame,
+    DTMFFrame,
+    MarkFrame,
+    StreamStopFrame,
+)
 
-_F = TypeVar("_F", TextFrame, AudioRawFrame, TranscriptionFrame, MessageFrame, InterruptionFrame)
+_F = TypeVar("_F", bound=_FrameBase)
 
 
 class FrameStamper:

@@ -9,9 +9,23 @@ for a binary message, ``str`` for a text one, ``None`` for "nothing to send").
 it never raises. Pipecat's transports end the whole session when a message does not
 decode (a text message, an audio frame with ``num_channels=0``); antiphon skips it and
 says why in ``stats.last_skip`` (a :class:`Skip`: a :class:`SkipReason` plus a located
-detail) and counts it in ``stats.skipped``, so the transport can log and carry on.
+detail) and counts it in ``stats.skipped``, so the transport can log and carry on. A
+serializer may also *consume* a message that carries nothing for the application (a
+Twilio ``connected`` event): ``deserialize`` then returns ``None`` too, counts it in
+``stats.consumed`` and leaves ``stats.skipped`` alone; compare ``stats.total_skipped``
+before and after to tell the two apart.
 ``decode(message)`` is the same decoder for callers who prefer an exception: it raises
-:class:`~antiphon.errors.DecodeError` (session can continue: ``close_code`` is ``None``).
+:class:`~antiphon.errors.DecodeError` (session can continue: ``close_code`` is ``None``)
+and returns ``None`` for a consumed message.
+
+``serialize(frame)`` raises nothing but :class:`~antiphon.errors.LocalProtocolError`:
+for an object that is not a frame it can send, or a message it cannot encode (not
+JSON-serializable, nested deeper than :data:`MAX_MESSAGE_DEPTH`, ...).
+
+Bounds: audio must be 8 kHz - 384 kHz and 1 - 8 channels (see
+:mod:`antiphon.proto.media.frames`; anything else is a ``bad_audio`` skip), and a
+message's JSON may nest at most :data:`MAX_MESSAGE_DEPTH` levels (``bad_message``),
+so nothing a peer sends can make the application's echo of it fail to encode.
 
 Two wire formats:
 
@@ -59,7 +73,11 @@ from google.protobuf.message import DecodeError as _PbDecodeError
 from antiphon.errors import DecodeError, LocalProtocolError
 from antiphon.proto._codec import dumps, expect_object, loads, make_converter, structure
 from antiphon.proto.media.frames import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE_HZ,
     MEDIA_FRAME_TYPES,
+    MIN_SAMPLE_RATE_HZ,
+    AnyFrame,
     AudioRawFrame,
     FrameStamper,
     InterruptionFrame,
@@ -72,6 +90,7 @@ from antiphon.proto.media.schema import FRAME_ONEOF, FramePb
 from antiphon.proto.media.wav import add_wav_header, has_wav_magic, strip_wav_header
 
 __all__ = [
+    "MAX_MESSAGE_DEPTH",
     "DecodeStats",
     "FrameSerializer",
     "JsonFrameSerializer",
@@ -79,6 +98,11 @@ __all__ = [
     "Skip",
     "SkipReason",
 ]
+
+
+MAX_MESSAGE_DEPTH: Final = 64
+"""Deepest JSON nesting accepted in a message frame: RTVI messages nest 3-4 levels, and
+orjson cannot write more than 255, so a peer's message always survives being echoed."""
 
 
 class SkipReason(enum.StrEnum):
@@ -93,7 +117,7 @@ class SkipReason(enum.StrEnum):
     BAD_MESSAGE = "bad_message"
     """A ``MessageFrame`` whose data is not JSON."""
     BAD_AUDIO = "bad_audio"
-    """Audio with a zero/invalid rate or channel count, or a partial sample frame."""
+    """Audio with a rate outside 8-384 kHz or channels outside 1-8, or a partial sample frame."""
     BAD_WAV = "bad_wav"
     """Audio starting with ``RIFF....WAVE`` whose header is broken, not 16-bit PCM, or disagrees."""
     BAD_FIELDS = "bad_fields"
@@ -116,9 +140,16 @@ class DecodeStats:
     """What a serializer's ``deserialize`` has done so far; mutated by the serializer only."""
 
     decoded: int = 0
+    consumed: int = 0
+    """Messages handled inside the serializer with nothing to deliver (not skips)."""
     skipped: Counter[SkipReason] = field(factory=Counter)
     last_skip: Skip | None = None
     """The most recent skip (kept after later successes): log it when ``deserialize`` returns None."""
+
+    @property
+    def total_skipped(self) -> int:
+        """Skips of every reason so far."""
+        return sum(self.skipped.values())
 
 
 class FrameSerializer(Protocol):
@@ -126,11 +157,11 @@ class FrameSerializer(Protocol):
 
     stats: DecodeStats
 
-    def serialize(self, frame: MediaFrame) -> bytes | str | None:
+    def serialize(self, frame: AnyFrame) -> bytes | str | None:
         """The WebSocket message for ``frame`` (``None``: send nothing)."""
         ...
 
-    def deserialize(self, data: bytes | str) -> MediaFrame | None:
+    def deserialize(self, data: bytes | str) -> AnyFrame | None:
         """The frame in one WebSocket message, or ``None`` (see ``stats.last_skip``)."""
         ...
 
@@ -152,8 +183,8 @@ class _SerializerBase:
         self.stamper: FrameStamper | None = FrameStamper() if stamp_frames else None
         self.stats = DecodeStats()
 
-    def deserialize(self, data: bytes | str) -> MediaFrame | None:
-        """Decode one WebSocket message; ``None`` (reason in ``stats.last_skip``) if it is bad."""
+    def deserialize(self, data: bytes | str) -> AnyFrame | None:
+        """Decode one WebSocket message; ``None`` if it is bad (``stats.last_skip``) or was consumed."""
         try:
             frame = self._decode(data)
         except _Reject as exc:
@@ -161,23 +192,29 @@ class _SerializerBase:
             self.stats.skipped[skip.reason] += 1
             self.stats.last_skip = skip
             return None
-        self.stats.decoded += 1
+        if frame is None:
+            self.stats.consumed += 1
+        else:
+            self.stats.decoded += 1
         return frame
 
-    def decode(self, data: bytes | str) -> MediaFrame:
+    def decode(self, data: bytes | str) -> AnyFrame | None:
         """Decode one WebSocket message; raise :class:`DecodeError` if it is bad. Counts nothing."""
         try:
             return self._decode(data)
         except _Reject as exc:
             raise DecodeError(exc.detail) from None
 
-    def _decode(self, data: bytes | str) -> MediaFrame:
+    def _decode(self, data: bytes | str) -> AnyFrame | None:
         raise NotImplementedError
 
-    def _prepare(self, frame: MediaFrame) -> MediaFrame:
+    def _prepare(self, frame: AnyFrame) -> MediaFrame:
         if not isinstance(frame, MEDIA_FRAME_TYPES):
-            raise LocalProtocolError(f"cannot serialize {type(frame).__name__}: not a media frame")
-        return self.stamper.stamp(frame) if self.stamper is not None else frame
+            raise LocalProtocolError(
+                f"cannot serialize {type(frame).__name__}: not a frame of Pipecat's schema "
+                f"(text, audio, transcription, message, interruption)"
+            )
+        return self.stamper.stamp(frame) if self.stamper is not None else frame  # type: ignore[return-value]
 
     def _outgoing_audio(self, frame: AudioRawFrame) -> bytes:
         if self.add_wav_header:
@@ -188,11 +225,12 @@ class _SerializerBase:
     def _incoming_audio(
         audio: bytes, sample_rate: int, num_channels: int, pts: int | None, id: int, name: str, path: str
     ) -> AudioRawFrame:
-        """Unwrap a WAV header if there is one, then validate: the shared audio input path."""
-        if sample_rate <= 0 or num_channels <= 0:
+        """Validate the format, unwrap a WAV header if there is one, validate the PCM: the shared audio input path."""
+        if not (MIN_SAMPLE_RATE_HZ <= sample_rate <= MAX_SAMPLE_RATE_HZ and 1 <= num_channels <= MAX_CHANNELS):
             raise _Reject(
                 SkipReason.BAD_AUDIO,
-                f"{path}: sample_rate and num_channels must be positive, got {sample_rate} and {num_channels}",
+                f"{path}: sample_rate must be {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz and num_channels "
+                f"1-{MAX_CHANNELS}, got {sample_rate} Hz and {num_channels}",
             )
         if has_wav_magic(audio):
             wav = strip_wav_header(audio)
@@ -211,8 +249,33 @@ class _SerializerBase:
             raise _Reject(SkipReason.BAD_AUDIO, f"{path}: {exc}") from None
 
 
+def json_depth_ok(value: Any, limit: int = MAX_MESSAGE_DEPTH) -> bool:
+    """True when ``value`` nests at most ``limit`` lists/objects deep; iterative, never recursing."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _message_value(value: Any, path: str) -> MessageFrame:
+    if not json_depth_ok(value):
+        raise _Reject(SkipReason.BAD_MESSAGE, f"{path}: JSON nested deeper than {MAX_MESSAGE_DEPTH} levels")
+    return MessageFrame(value)
+
+
 def _pipecat_json(message: Any) -> str:
     """``json.dumps(message)`` with the stdlib defaults, exactly as Pipecat sends it."""
+    if not json_depth_ok(message):
+        raise LocalProtocolError(f"MessageFrame.message nests deeper than {MAX_MESSAGE_DEPTH} levels")
     try:
         return json.dumps(message)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -241,7 +304,7 @@ class ProtobufFrameSerializer(_SerializerBase):
     def __init__(self, *, add_wav_header: bool = False, stamp_frames: bool = True) -> None:
         super().__init__(add_wav_header=add_wav_header, stamp_frames=stamp_frames)
 
-    def serialize(self, frame: MediaFrame) -> bytes:
+    def serialize(self, frame: AnyFrame) -> bytes:
         """The binary WebSocket message for ``frame``."""
         frame = self._prepare(frame)
         pb = FramePb()
@@ -280,9 +343,10 @@ class ProtobufFrameSerializer(_SerializerBase):
         path = f"$.{which}"
         if which == "message":
             try:
-                return MessageFrame(json.loads(sub.data))
+                value = json.loads(sub.data)
             except (ValueError, RecursionError) as exc:
                 raise _Reject(SkipReason.BAD_MESSAGE, f"{path}.data: not JSON ({exc})") from None
+            return _message_value(value, f"{path}.data")
         if which == "audio":
             pts = sub.pts if sub.HasField("pts") and sub.pts else None
             return self._incoming_audio(
@@ -358,18 +422,22 @@ class JsonFrameSerializer(_SerializerBase):
         super().__init__(add_wav_header=add_wav_header, stamp_frames=stamp_frames)
         self._conv = _json_converter()
 
-    def serialize(self, frame: MediaFrame) -> str:
+    def serialize(self, frame: AnyFrame) -> str:
         """The text WebSocket message for ``frame``."""
         frame = self._prepare(frame)
-        doc = self._conv.unstructure(frame, unstructure_as=MediaFrame)
-        doc = {"type": doc.pop("type"), **doc}  # the tag first, for people reading logs
-        if isinstance(frame, AudioRawFrame):
-            doc["audio"] = base64.b64encode(self._outgoing_audio(frame)).decode("ascii")
-        try:
-            if isinstance(frame, MessageFrame) and not _all_finite(frame.message):
+        if isinstance(frame, MessageFrame):
+            # Checked before cattrs walks the value: a deep one would recurse out of the stack.
+            if not json_depth_ok(frame.message):
+                raise LocalProtocolError(f"MessageFrame.message nests deeper than {MAX_MESSAGE_DEPTH} levels")
+            if not _all_finite(frame.message):
                 raise LocalProtocolError("MessageFrame.message holds NaN or an infinity, which is not JSON")
+        try:
+            doc = self._conv.unstructure(frame, unstructure_as=MediaFrame)
+            doc = {"type": doc.pop("type"), **doc}  # the tag first, for people reading logs
+            if isinstance(frame, AudioRawFrame):
+                doc["audio"] = base64.b64encode(self._outgoing_audio(frame)).decode("ascii")
             return dumps(doc)
-        except (TypeError, RecursionError) as exc:  # orjson.JSONEncodeError is a TypeError
+        except (TypeError, ValueError, RecursionError) as exc:  # orjson.JSONEncodeError is a TypeError
             raise LocalProtocolError(f"cannot encode {type(frame).__name__} as JSON: {exc}") from None
 
     def _decode(self, data: bytes | str) -> MediaFrame:
@@ -383,8 +451,9 @@ class JsonFrameSerializer(_SerializerBase):
         except DecodeError as exc:
             raise _Reject(SkipReason.MALFORMED, str(exc)) from None
         kind = doc.get("type")
-        if kind not in _KINDS:
-            raise _Reject(SkipReason.NO_FRAME, f"$.type: unknown frame type {kind!r}")
+        if not isinstance(kind, str) or kind not in _KINDS:
+            shown = kind if isinstance(kind, str) else type(kind).__name__
+            raise _Reject(SkipReason.NO_FRAME, f"$.type: unknown frame type {str(shown)[:64]!r}")
         try:
             wire = structure(self._conv, doc, _JsonIn)
         except DecodeError as exc:
@@ -394,4 +463,6 @@ class JsonFrameSerializer(_SerializerBase):
             return self._incoming_audio(
                 wire.audio, wire.sample_rate, wire.num_channels, wire.pts, wire.id, wire.name, "$"
             )
+        if isinstance(wire, MessageFrame):
+            return _message_value(wire.message, "$.message")
         return wire

@@ -30,7 +30,8 @@ WAV_HEADER_BYTES: Final = 44
 
 _WAVE_FORMAT_PCM: Final = 0x0001
 _WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE  # carries the real format in its SubFormat GUID
-_UINT32_MAX: Final = 2**32 - 1
+_UINT32_MAX: Final = 2**32 - 1  # the sample rate, byte rate and sizes are uint32
+_UINT16_MAX: Final = 2**16 - 1  # the channel count is uint16
 _RIFF_OVERHEAD_BYTES: Final = 36  # RIFF size field counts everything after itself but the data
 
 
@@ -46,15 +47,21 @@ def add_wav_header(pcm: bytes, sample_rate: int, num_channels: int, sample_width
     """Return ``pcm`` prefixed with a standard 44-byte PCM WAV header.
 
     The header is byte-identical to what :mod:`wave` writes for the same audio. Raises
-    :class:`LocalProtocolError` when the format is impossible, when ``pcm`` is not a
+    :class:`LocalProtocolError` (and nothing else) when the format is impossible or does
+    not fit the header's fields (a byte rate of 2**32 or more), when ``pcm`` is not a
     whole number of sample frames, or when it is too large for a WAV file.
     """
-    if sample_rate <= 0 or num_channels <= 0 or not 1 <= sample_width <= 4:
+    block_align = num_channels * sample_width
+    if (
+        not 0 < sample_rate <= _UINT32_MAX
+        or not 0 < num_channels <= _UINT16_MAX
+        or not 1 <= sample_width <= 4
+        or sample_rate * block_align > _UINT32_MAX  # the byte rate field
+    ):
         raise LocalProtocolError(
             f"cannot write a WAV header for sample_rate={sample_rate}, "
             f"num_channels={num_channels}, sample_width={sample_width}"
         )
-    block_align = num_channels * sample_width
     if len(pcm) % block_align:
         raise LocalProtocolError(f"{len(pcm)} bytes of PCM is not a whole number of {block_align}-byte sample frames")
     if len(pcm) > _UINT32_MAX - _RIFF_OVERHEAD_BYTES:
