@@ -1,3 +1,4 @@
-"""The media face's sans-IO core: Pipecat frames (:mod:`.frames`), their protobuf schema
-(:mod:`.schema`, ``frames.proto``) and serializers (:mod:`.serializers`), WAV headers
-(:mod:`.wav`) and the audio pacer (:mod:`.pacing`)."""
+"""The media face's sans-IO core: frames (:mod:`.frames`), Pipecat's protobuf schema
+(:mod:`.schema`, ``frames.proto``) and serializers (:mod:`.serializers`), Twilio Media
+Streams (:mod:`.twilio`), G.711 mu-law (:mod:`.g711`), WAV headers (:mod:`.wav`), streaming
+resampling (:mod:`.resample`) and the audio pacer (:mod:`.pacing`)."""
