@@ -103,7 +103,7 @@ class MediaOutput:
     def interrupt(self) -> int:
         """Drop all queued audio now; return the bytes dropped."""
         self._generation += 1
-        dropped = self._pacer.interrupt() if self._pacer is not None else 0
+        dropped = self._pacer.interrupt(trio.current_time()).dropped_bytes if self._pacer is not None else 0
         self._pending_bytes = 0
         if dropped:
             self._stats.add("interrupted_audio_bytes", dropped)

@@ -7,7 +7,13 @@ import random
 import pytest
 
 from antiphon.errors import ConfigError
-from antiphon.proto.media.pacing import AudioChunker, AudioPacer, PacerConfig
+from antiphon.proto.media.pacing import (
+    AudioChunker,
+    AudioPacer,
+    InterruptReport,
+    PacerConfig,
+    Pacing,
+)
 
 MONO_16K_CHUNK = 1280  # 40 ms * 16000 Hz * 1 channel * 2 bytes
 STEREO_48K_CHUNK = 7680  # 40 ms * 48000 Hz * 2 channels * 2 bytes
@@ -87,7 +93,8 @@ def test_bad_chunker_settings_are_config_errors(kwargs: dict[str, int]) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"sample_rate": 0}, {"sample_rate": 16000, "lead_ms": -1}, {"sample_rate": 16000, "end_silence_ms": -40},
-     {"sample_rate": 16000, "max_late_ms": -1}, {"sample_rate": 16000, "chunk_ms": True}],
+     {"sample_rate": 16000, "max_late_ms": -1}, {"sample_rate": 16000, "chunk_ms": True},
+     {"sample_rate": 16000, "pacing": "fast"}],
 )  # fmt: skip
 def test_bad_pacer_settings_are_config_errors(kwargs: dict[str, int]) -> None:
     """PacerConfig refuses non-positive formats and negative lead, lateness or silence."""
@@ -120,15 +127,15 @@ def test_stereo_48k_is_paced_at_real_speed() -> None:
 
 
 def test_zero_lead_sends_the_first_chunk_only() -> None:
-    """With lead_ms=0 chunk k goes out exactly k * 40 ms after the first push."""
-    pacer = AudioPacer(PacerConfig(16000, lead_ms=0))
+    """With pacing="lead" and lead_ms=0 chunk k goes out exactly k * 40 ms after the first push."""
+    pacer = AudioPacer(PacerConfig(16000, pacing="lead", lead_ms=0))
     pacer.push(_pcm(4, MONO_16K_CHUNK), now=5.0)
     assert [t for t, _ in _drain(pacer, clock=5.0)] == [5.0 + k * 640 / 16000 for k in range(4)]
 
 
 def test_longer_lead_sends_that_much_at_once() -> None:
     """A 120 ms lead lets four 40 ms chunks leave at the anchor, then one per 40 ms."""
-    pacer = AudioPacer(PacerConfig(16000, lead_ms=120))
+    pacer = AudioPacer(PacerConfig(16000, pacing=Pacing.LEAD, lead_ms=120))
     pacer.push(_pcm(6, MONO_16K_CHUNK), now=0.0)
     assert [t for t, _ in _drain(pacer)] == [0.0, 0.0, 0.0, 0.0, 0.04, 0.08]
 
@@ -216,7 +223,7 @@ def test_interrupt_drops_everything_and_resets_the_anchor() -> None:
     pacer = AudioPacer(PacerConfig(16000))
     pacer.push(_pcm(10, MONO_16K_CHUNK) + b"\x01" * 10, now=0.0)
     pacer.pop_due(0.0)
-    assert pacer.interrupt() == 8 * MONO_16K_CHUNK + 10
+    assert pacer.interrupt(0.0).dropped_bytes == 8 * MONO_16K_CHUNK + 10
     assert pacer.next_deadline is None and pacer.queued_chunks == 0 and pacer.playout_end is None
     pacer.flush(now=0.05)
     assert pacer.next_deadline is None  # the remainder went with the interruption
@@ -243,3 +250,91 @@ def test_end_stream_without_silence_only_flushes() -> None:
     pacer.push(b"\x03" * 2, now=0.0)
     pacer.end_stream(now=0.0)
     assert [c for _, c in _drain(pacer)] == [b"\x03\x03" + b"\x00" * (MONO_16K_CHUNK - 2)]
+
+
+# ---------------------------------------------------------------- policies
+
+
+def test_lead_policy_defaults_to_200ms_ahead() -> None:
+    """pacing="lead" with the default lead_ms: six chunks (0-200 ms ahead) at once, then one per 40 ms."""
+    pacer = AudioPacer(PacerConfig(16000, pacing="lead"))
+    pacer.push(_pcm(8, MONO_16K_CHUNK), now=1.0)
+    assert [round(t - 1.0, 9) for t, _ in _drain(pacer, clock=1.0)] == [0.0] * 6 + [0.04, 0.08]
+
+
+def test_realtime_lead_is_one_chunk_whatever_lead_ms_says() -> None:
+    """pacing="realtime" leads by exactly one chunk (here 20 ms) and ignores lead_ms."""
+    pacer = AudioPacer(PacerConfig(16000, chunk_ms=20, lead_ms=500))
+    pacer.push(_pcm(4, 640), now=0.0)
+    assert [t for t, _ in _drain(pacer)] == [0.0, 0.0, 0.02, 0.04]
+
+
+def test_none_policy_sends_everything_at_once_and_tracks_playout() -> None:
+    """pacing="none": ten seconds leave at the push; playout_end still says when a listener finishes."""
+    pacer = AudioPacer(PacerConfig(16000, pacing="none"))
+    pacer.push(_pcm(250, MONO_16K_CHUNK), now=3.0)
+    assert pacer.next_deadline == 3.0
+    assert len(pacer.pop_due(3.0)) == 250 and pacer.next_deadline is None
+    assert pacer.playout_end == 13.0
+    pacer.push(_pcm(1, MONO_16K_CHUNK), now=5.0)  # the listener is still playing: the schedule holds
+    assert len(pacer.pop_due(5.0)) == 1 and pacer.playout_end == 13.04
+    pacer.push(_pcm(1, MONO_16K_CHUNK), now=20.0)  # it ran dry: playout restarts at the new audio
+    assert len(pacer.pop_due(20.0)) == 1 and pacer.playout_end == 20.04
+
+
+# ---------------------------------------------------------------- interruption reports and underrun counts
+
+
+def test_interrupt_reports_sent_heard_and_dropped_ms() -> None:
+    """Interrupted 100 ms into a 400 ms stream: 160 ms sent, 100 ms heard, 240 ms dropped."""
+    pacer = AudioPacer(PacerConfig(16000))
+    pacer.push(_pcm(10, MONO_16K_CHUNK), now=0.0)
+    sent = [t for t, _ in _drain_until(pacer, 0.1)]
+    assert sent == [0.0, 0.0, 0.04, 0.08]
+    assert pacer.interrupt(0.1) == InterruptReport(sent_ms=160.0, heard_ms=100.0, dropped_ms=240.0, dropped_bytes=6 * MONO_16K_CHUNK)
+    assert pacer.stream_sent_ms == 0.0
+
+
+def test_a_stream_restarts_after_everything_played_out() -> None:
+    """Audio pushed after the last stream played out starts a new stream: sent_ms counts it alone."""
+    pacer = AudioPacer(PacerConfig(16000))
+    pacer.push(_pcm(5, MONO_16K_CHUNK), now=0.0)
+    _drain(pacer)  # 200 ms, played out at 0.2
+    pacer.push(_pcm(1, MONO_16K_CHUNK), now=0.19)  # still playing: the same stream goes on
+    _drain(pacer, clock=0.19)
+    assert pacer.stream_sent_ms == 240.0
+    pacer.push(_pcm(3, MONO_16K_CHUNK), now=1.0)
+    _drain(pacer, clock=1.0)
+    assert pacer.stream_sent_ms == 120.0
+    assert pacer.interrupt(1.05).heard_ms == 50.0
+
+
+def test_underruns_and_starvation_are_counted_apart() -> None:
+    """A stalled output loop counts an underrun; audio arriving after the listener ran dry counts as starved."""
+    pacer = AudioPacer(PacerConfig(16000))
+    pacer.push(_pcm(20, MONO_16K_CHUNK), now=0.0)
+    pacer.pop_due(0.0)
+    pacer.pop_due(0.5)  # the loop woke up 420 ms late with audio waiting
+    assert (pacer.underruns, pacer.starved) == (1, 0)
+    _drain(pacer, clock=0.5)
+    pacer.push(_pcm(2, MONO_16K_CHUNK), now=9.0)
+    assert (pacer.underruns, pacer.starved) == (1, 1)
+
+
+def test_queued_bytes_counts_chunks_and_remainder() -> None:
+    """queued_bytes is every byte not yet sent, whole chunks and the partial remainder."""
+    pacer = AudioPacer(PacerConfig(16000))
+    pacer.push(_pcm(3, MONO_16K_CHUNK) + b"\x00" * 6, now=0.0)
+    assert pacer.queued_bytes == 3 * MONO_16K_CHUNK + 6 and pacer.pending_bytes == 6
+    pacer.pop_due(0.0)
+    assert pacer.queued_bytes == MONO_16K_CHUNK + 6
+
+
+def _drain_until(pacer: AudioPacer, until: float) -> list[tuple[float, bytes]]:
+    """Like _drain, but stop at ``until`` (absolute time)."""
+    sent: list[tuple[float, bytes]] = []
+    clock = 0.0
+    while (deadline := pacer.next_deadline) is not None and deadline <= until:
+        clock = max(clock, deadline)
+        sent += [(clock, chunk) for chunk in pacer.pop_due(clock)]
+    return sent
