@@ -36,7 +36,7 @@ def test_preset_fixes_24_khz_mono_raw_pcm_in_whole_render_quanta() -> None:
     """The preset: 24 kHz mono out, no WAV header, 32 ms chunks (768 samples = 6 x 128), a per-client serializer."""
     params = browser_client_params()
     assert (params.audio_out_sample_rate, params.audio_out_channels, params.add_wav_header) == (24000, 1, False)
-    assert (params.chunk_ms, params.lead_ms) == (32, 96)
+    assert (params.chunk_ms, params.pacing, params.lead_ms) == (32, "lead", 96)
     assert BROWSER_PLAYER_SAMPLE_RATE_HZ * BROWSER_CHUNK_MS // 1000 % 128 == 0
     assert params.serializer is BrowserClientSerializer
     transport = WebsocketServerTransport(params, port=0)

@@ -29,7 +29,7 @@ from tests.media.test_server_socket import PCM_40MS, wav_file
 
 
 async def test_client_exchanges_every_kind_with_a_websockets_server() -> None:
-    """Frames of every kind both ways; audio goes out paced and WAV-wrapped, bad input is skipped, 1000 ends input()."""
+    """Frames of every kind both ways; audio goes out paced as raw PCM, bad input is skipped, 1000 ends input()."""
     received: list[tuple[str, Any]] = []
     request_headers: dict[str, str] = {}
 
@@ -81,9 +81,10 @@ async def test_client_exchanges_every_kind_with_a_websockets_server() -> None:
     ]
     assert [k for k, _ in received] == ["text", "transcription", "message", "interruption", "audio", "audio"]
     assert received[0][1].text == "hi" and received[2][1].data == '{"type": "client-ready"}'
-    assert [sub.audio for k, sub in received if k == "audio"] == [wav_file(PCM_40MS, 16000, 1)] * 2
+    # Raw PCM by default: a stock Pipecat 1.14 server does not strip WAV headers (issue 10 #13).
+    assert [sub.audio for k, sub in received if k == "audio"] == [PCM_40MS] * 2
     assert request_headers["x-token"] == "secret"
-    assert rec.names == ["on_connected", "on_disconnected"]
+    assert rec.names == ["on_connected", "on_interruption", "on_disconnected"]  # the server's InterruptionFrame
     assert dict(transport.stats.skipped_in) == {"malformed": 1, "wrong_message_type": 1}
 
 

@@ -40,11 +40,16 @@ async def connected(rec: Any, new_client: Any) -> tuple[RawClient, float]:
 async def read_frames(client: RawClient, until: float) -> list[tuple[float, str, Any]]:
     """Every frame the client reads before ``until`` (absolute trio time), stamped with its arrival time."""
     got: list[tuple[float, str, Any]] = []
+    partial = b""  # wsproto hands out a message that straddles a read in pieces
     with trio.move_on_at(until):
         while True:
             event = await client.next_event()
             assert isinstance(event, BytesMessage), event
-            kind, sub = pb.decode(bytes(event.data))
+            partial += bytes(event.data)
+            if not event.message_finished:
+                continue
+            kind, sub = pb.decode(partial)
+            partial = b""
             got.append((trio.current_time(), kind, sub))
     return got
 
@@ -147,15 +152,15 @@ async def test_non_audio_frames_do_not_wait_behind_queued_audio(autojump_clock: 
     assert [(round(t - t0, 9), k) for t, k, _ in frames] == [(0.0, "audio"), (0.0, "audio"), (0.04, "audio"), (0.05, "text")]
 
 
-async def test_audio_in_another_format_than_configured_is_dropped_and_counted(autojump_clock: Any) -> None:
-    """With audio_out_sample_rate=16000, 24 kHz audio is not sent (no resampling) and is counted."""
+async def test_audio_in_another_format_than_configured_is_resampled_not_dropped(autojump_clock: Any) -> None:
+    """With audio_out_sample_rate=16000, 200 ms at 24 kHz stereo goes out as exactly 200 ms of 16 kHz mono."""
     async with memory_server(WebsocketServerParams(audio_out_sample_rate=16000)) as (transport, rec, new_client):
         client, t0 = await connected(rec, new_client)
-        await transport.output().send(AudioRawFrame(pcm(1920), 24000, 1))
-        await transport.output().send(AudioRawFrame(pcm(MONO_40MS), 16000, 1))
+        await transport.output().send(AudioRawFrame(pcm(5 * 3840), 24000, 2))
         frames = await read_frames(client, t0 + 1)
-    assert [s.sample_rate for _, _, s in frames] == [16000]
-    assert transport.stats.dropped_out["audio_format"] == 1
+    assert {(s.sample_rate, s.num_channels, len(s.audio)) for _, _, s in frames} == {(16000, 1, MONO_40MS)}
+    assert len(frames) == 5  # 3200 frames of 16 kHz: the resampler's tail was flushed, nothing lost
+    assert transport.stats.dropped_out["audio_format"] == 0 and transport.stats.audio_frames_converted == 1
 
 
 async def test_session_timeout_fires_for_every_client_and_does_not_close(autojump_clock: Any) -> None:

@@ -22,8 +22,7 @@ in headless Chromium by ``tests/media/test_browser_client.py``:
 * **It plays every audio frame's bytes as 16-bit mono PCM at 24 kHz**, whatever the
   frame's ``sample_rate`` and ``num_channels`` say, and plays a WAV header as sound. So
   the preset fixes the output at 24 kHz mono without WAV headers: audio at another rate
-  is then not sent at the wrong pitch but dropped and counted
-  (``stats.dropped_out["audio_format"]``) until antiphon resamples.
+  or channel count is resampled and remixed to it, never sent at the wrong pitch.
 * **Its player has no jitter buffer.** An AudioWorklet plays 128-sample render quanta; when
   it runs dry it stops, drops the partial quantum it held, and the next audio starts a new
   stream. Chunks of :data:`BROWSER_CHUNK_MS` are whole quanta, so a stall loses no sample,
@@ -84,7 +83,7 @@ _RTVI_VERSION: Final = "2.1.0"
 
 
 def browser_client_params(**overrides: Any) -> WebsocketServerParams:
-    """Server settings for Pipecat's browser client: 24 kHz mono out, no WAV header, 32 ms chunks, 96 ms lead.
+    """Server settings for Pipecat's browser client: 24 kHz mono out, no WAV header, 32 ms chunks, ``lead`` pacing 96 ms ahead.
 
     ``serializer`` is a :class:`BrowserClientSerializer` per client. Any
     :class:`WebsocketServerParams` field can be overridden (``session_timeout=180``...);
@@ -96,6 +95,7 @@ def browser_client_params(**overrides: Any) -> WebsocketServerParams:
         "audio_out_sample_rate": BROWSER_PLAYER_SAMPLE_RATE_HZ,
         "audio_out_channels": 1,
         "chunk_ms": BROWSER_CHUNK_MS,
+        "pacing": "lead",  # the player has no jitter buffer: keep BROWSER_LEAD_MS ahead
         "lead_ms": BROWSER_LEAD_MS,
     }
     settings.update(overrides)

@@ -31,8 +31,16 @@ Pipecat's method names inside: :meth:`connect`, :meth:`disconnect`, :meth:`send`
   ``session.send``: ``False`` when not connected). :meth:`output` is a channel whose
   audio is paced like the server's (see :mod:`antiphon.media.output`); Pipecat's
   client pipeline only sends audio and messages, antiphon sends every frame kind.
-* Bad input is logged, counted and skipped; the connection lives on (Pipecat's receive
-  task dies on the first bad message and leaves a half-dead socket).
+* Bad input is logged (rate-limited), counted and skipped; the connection lives on
+  (Pipecat's receive task dies on the first bad message and leaves a half-dead socket).
+* Audio conversion, pacing policies and interruptions work as on the server (see
+  :mod:`antiphon.media.server`): ``audio_in_*`` / ``audio_out_*``, ``pacing``,
+  ``lead_ms``, ``resample_quality``; an ``InterruptionFrame`` from the server drops the
+  queued output audio at once; ``on_interruption(transport, connection, interruption)``
+  fires for both sides' interruptions.
+* ``add_wav_header`` defaults to ``False``: stock Pipecat servers do not strip WAV
+  headers, so Pipecat's own client default (``True``) puts 44 header bytes into the
+  audio every 40 ms there. antiphon's server strips them either way.
 * **Reconnect** (``reconnect=True``; Pipecat has none): when an established connection
   ends without :meth:`disconnect` and not with 1000 (the server's deliberate goodbye),
   the transport dials again after ``reconnect_initial_delay_s``, multiplying the delay
@@ -72,53 +80,80 @@ from antiphon.errors import (
     OperationTimeout,
 )
 from antiphon.media.connection import (
+    INPUT_BUFFER_BYTES,
     EventDispatcher,
     EventHandler,
+    InputChannel,
+    InputConfig,
+    Interruption,
     MediaConnection,
     MediaSessionHandler,
     MediaStats,
     SerializerSpec,
     serializer_factory,
 )
-from antiphon.media.output import MediaOutput, OutputConfig
-from antiphon.media.server import INPUT_BUFFER_FRAMES, MIB, OUTPUT_BUFFER_FRAMES
+from antiphon.media.output import MAX_QUEUED_AUDIO_BYTES, MediaOutput
+from antiphon.media.server import (
+    INPUT_BUFFER_FRAMES,
+    MIB,
+    OUTPUT_BUFFER_FRAMES,
+    output_config,
+    route_frame,
+    validate_media_params,
+)
 from antiphon.proto.close import CloseCode
-from antiphon.proto.media.frames import MediaFrame
-from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
+from antiphon.proto.media.frames import AnyFrame
+from antiphon.proto.media.pacing import (
+    CHUNK_MS,
+    LEAD_MS,
+    MAX_LATE_MS,
+    Pacing,
+    as_pacing,
+)
+from antiphon.proto.media.resample import DEFAULT_QUALITY, Quality
 from antiphon.proto.media.serializers import FrameSerializer
 
 __all__ = ["CLIENT_EVENTS", "WebsocketClientParams", "WebsocketClientTransport"]
 
 log = logging.getLogger("antiphon.media.client")
 
-CLIENT_EVENTS: Final = ("on_connected", "on_disconnected")
+CLIENT_EVENTS: Final = ("on_connected", "on_disconnected", "on_interruption")
 
 
 @frozen(kw_only=True)
 class WebsocketClientParams:
     """Settings of a :class:`WebsocketClientTransport` (Pipecat's names where Pipecat has one).
 
-    ``serializer`` as for the server, but ``None`` means a protobuf serializer with
-    ``add_wav_header=True`` (Pipecat's client default: stock Pipecat servers and
-    antiphon strip it). ``additional_headers`` go with the upgrade request.
+    ``serializer`` as for the server; ``None`` means a protobuf serializer. ``add_wav_header``
+    defaults to ``False``, unlike Pipecat's client: a stock Pipecat server does not strip
+    WAV headers (antiphon's does). ``additional_headers`` go with the upgrade request.
+    The audio, pacing and buffer settings are the server's (see
+    :class:`~antiphon.media.server.WebsocketServerParams`). Raises :class:`ConfigError`
+    for a setting out of range.
     """
 
     serializer: SerializerSpec = None
-    add_wav_header: bool = True
+    add_wav_header: bool = False
     additional_headers: Mapping[str, str] | None = None
     open_timeout_s: float = 10.0
+    audio_in_sample_rate: int | None = None
+    audio_in_channels: int | None = None
     audio_out_sample_rate: int | None = None
     audio_out_channels: int = 1
     chunk_ms: int = CHUNK_MS
+    pacing: Pacing = field(default=Pacing.REALTIME, converter=as_pacing)
     lead_ms: int = LEAD_MS
     max_late_ms: int = MAX_LATE_MS
+    resample_quality: Quality = DEFAULT_QUALITY
     reconnect: bool = False
     reconnect_max_attempts: int = 5
     reconnect_initial_delay_s: float = 1.0
     reconnect_backoff_factor: float = 2.0
     reconnect_max_delay_s: float = 30.0
     input_buffer_size: int = INPUT_BUFFER_FRAMES
+    input_buffer_bytes: int = INPUT_BUFFER_BYTES
     output_buffer_size: int = OUTPUT_BUFFER_FRAMES
+    max_queued_audio_bytes: int = MAX_QUEUED_AUDIO_BYTES
     max_message_size: int = 1 * MIB
     session_config: SessionConfig | None = None
     open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = field(default=None, eq=False)
@@ -128,8 +163,7 @@ class WebsocketClientParams:
             raise ConfigError(f"reconnect_max_attempts: must be at least 1, got {self.reconnect_max_attempts}")
         if self.reconnect_initial_delay_s < 0 or self.reconnect_max_delay_s < 0 or self.reconnect_backoff_factor < 1:
             raise ConfigError("reconnect delays must not be negative and the backoff factor must be at least 1")
-        if self.input_buffer_size < 1 or self.output_buffer_size < 1:
-            raise ConfigError("input_buffer_size and output_buffer_size: must be at least 1")
+        validate_media_params(self)
         serializer_factory(self.serializer, self.add_wav_header)  # validates
 
     def backoff_s(self, attempt: int) -> float:
@@ -149,16 +183,13 @@ class WebsocketClientTransport:
             self.params.serializer, self.params.add_wav_header
         )
         p = self.params
-        self._output_config = OutputConfig(
-            sample_rate=p.audio_out_sample_rate,
-            num_channels=p.audio_out_channels if p.audio_out_sample_rate is not None else None,
-            chunk_ms=p.chunk_ms,
-            lead_ms=p.lead_ms,
-            max_late_ms=p.max_late_ms,
+        self._output_config = output_config(p)
+        self._input_config = InputConfig(
+            sample_rate=p.audio_in_sample_rate, num_channels=p.audio_in_channels, resample_quality=p.resample_quality
         )
         self._events = EventDispatcher(CLIENT_EVENTS)
-        self._in_send, self._in_receive = trio.open_memory_channel[MediaFrame](p.input_buffer_size)
-        self._out_send, self._out_receive = trio.open_memory_channel[MediaFrame](p.output_buffer_size)
+        self._input = InputChannel(p.input_buffer_size, p.input_buffer_bytes)
+        self._out_send, self._out_receive = trio.open_memory_channel[AnyFrame](p.output_buffer_size)
         self._inner: trio.Nursery | None = None
         self._handler: MediaSessionHandler | None = None
         self._session: Session | None = None
@@ -182,11 +213,11 @@ class WebsocketClientTransport:
     def add_event_handler(self, event_name: str, handler: EventHandler) -> None:
         self._events.add(event_name, handler)
 
-    def input(self) -> trio.MemoryReceiveChannel[MediaFrame]:
+    def input(self) -> InputChannel:
         """Frames received from the server; ends when the connection ends for good."""
-        return self._in_receive
+        return self._input
 
-    def output(self) -> trio.MemorySendChannel[MediaFrame]:
+    def output(self) -> trio.MemorySendChannel[AnyFrame]:
         """Frames to send, audio paced; dropped and counted while not connected."""
         return self._out_send
 
@@ -231,7 +262,7 @@ class WebsocketClientTransport:
             self._session.close(CloseCode.NORMAL, "client disconnect")
         await self._loop_done.wait()
 
-    async def send(self, frame: MediaFrame) -> bool:
+    async def send(self, frame: AnyFrame) -> bool:
         """Serialize ``frame`` and queue it now, unpaced; ``False`` if not connected.
 
         Waits while the session's send queue is full. Raises LocalProtocolError for an
@@ -273,7 +304,7 @@ class WebsocketClientTransport:
                 finally:
                     self._events.close()
         finally:
-            self._in_send.close()
+            self._input.close_sender()
             self._out_receive.close()
             self._done.set()
 
@@ -349,20 +380,29 @@ class WebsocketClientTransport:
             self._connecting = False
             if started:
                 self._ended = True
-                self._in_send.close()
+                self._input.close_sender()
             self._loop_done.set()
 
     def _make_handler(self, target: str) -> MediaSessionHandler:
         return MediaSessionHandler(
             serializer=self._new_serializer(),
-            make_output=lambda s, ser, st: MediaOutput(s, ser, st, self._output_config),
-            deliver=self._in_send,
+            make_output=self._make_output,
+            deliver=self._input,
             stats=self.stats,
+            input_config=self._input_config,
             path=target,
             remote=_safe(self.uri),
             opened=self._opened,
             closed=self._closed,
         )
+
+    def _make_output(self, handler: MediaSessionHandler) -> MediaOutput:
+        conn = handler.connection
+
+        def interrupted(interruption: Interruption) -> None:
+            self._events.fire("on_interruption", self, conn, interruption)
+
+        return MediaOutput(conn.session, handler.serializer, conn.stats, self._output_config, interrupted)
 
     async def _opened(self, handler: MediaSessionHandler) -> None:
         handler.announced = True
@@ -393,7 +433,7 @@ class WebsocketClientTransport:
                 self.stats.count("dropped_out", "not_connected")
                 log.debug("not connected: dropping an outgoing %s frame", getattr(frame, "kind", frame))
                 continue
-            handler.output.put(frame)
+            route_frame(handler, frame)
 
 
 def _resource(uri: str) -> str:

@@ -11,9 +11,22 @@ a time, reconnects) lives in the transports, which the handler calls back.
 
 Nothing is dropped silently. A message that does not decode is logged with the
 serializer's located reason and counted in ``stats.skipped_in``; a frame that cannot be
-delivered (input channel full or closed, no peer connected, wrong audio format) is
-logged and counted in ``stats.dropped_in`` / ``stats.dropped_out``. Every connection has
-its own :class:`MediaStats`, which also adds into its transport's.
+delivered (input channel full or closed, no peer connected, audio buffer full) is
+logged and counted in ``stats.dropped_in`` / ``stats.dropped_out``. The log lines are
+rate-limited per connection (:mod:`antiphon.media.logs`: the first few per 10 s, then a
+summary; ``stats.logs_suppressed`` counts the rest), so a flood of bad frames is not a
+flood of log. Every connection has its own :class:`MediaStats`, which also adds into
+its transport's.
+
+Incoming frames, in order: the serializer decodes (or consumes, or skips); audio in
+another format than ``audio_in_sample_rate`` / ``audio_in_channels`` is converted
+(resampled and remixed, state kept between frames: :mod:`antiphon.proto.media.resample`);
+an ``InterruptionFrame`` from the peer drops the queued output audio at once and fires
+``on_interruption`` (then it is delivered too); a ``StreamStartFrame`` lets held output
+go; every frame lands on the input channel, which is bounded in frames *and* bytes
+(:class:`InputChannel`); a ``StreamStopFrame`` then closes the session (1000).
+Anything a peer sends can at worst end its own session: a serializer that raises is
+logged and the message skipped.
 
 Event handlers (Pipecat's ``@transport.event_handler("on_...")``) run one at a time, in
 the order the events happened, in one task of the transport: a handler sees
@@ -24,23 +37,52 @@ is logged and does not reach the transport.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 import trio
-from attrs import define, field
+from attrs import define, field, frozen
 
 from antiphon.engine.session import Session, SessionHandler
 from antiphon.errors import ConfigError, LocalProtocolError
+from antiphon.media.input import (
+    INPUT_BUFFER_BYTES,
+    InputChannel,
+    InputConfig,
+    frame_nbytes,
+)
+from antiphon.media.logs import LogLimiter
 from antiphon.proto.close import CloseCode
-from antiphon.proto.media.frames import MediaFrame
+from antiphon.proto.media.frames import (
+    AnyFrame,
+    AudioRawFrame,
+    InterruptionFrame,
+    StreamStartFrame,
+)
+from antiphon.proto.media.resample import (
+    AudioConverter,
+    AudioFormat,
+)
 from antiphon.proto.media.serializers import FrameSerializer, ProtobufFrameSerializer
 
-__all__ = ["EventHandler", "MediaConnection", "MediaSessionHandler", "MediaStats", "SerializerSpec"]
+__all__ = [
+    "INPUT_BUFFER_BYTES",
+    "EventHandler",
+    "InputChannel",
+    "InputConfig",
+    "Interruption",
+    "InterruptionSource",
+    "MediaConnection",
+    "MediaSessionHandler",
+    "MediaStats",
+    "SerializerSpec",
+]
 
 log = logging.getLogger("antiphon.media")
 
@@ -53,6 +95,7 @@ per connection, or ``None`` for a fresh :class:`ProtobufFrameSerializer` per con
 
 _F = TypeVar("_F", bound=EventHandler)
 _UNKNOWN_SKIP: Final = "serializer_returned_none"
+_SERIALIZER_ERROR: Final = "serializer_error"
 
 
 def serializer_factory(spec: SerializerSpec, add_wav_header: bool) -> Callable[[], FrameSerializer]:
@@ -94,6 +137,14 @@ class MediaStats:
     """Outgoing frames not sent, by reason (``no_client``, ``audio_format``, ``unserializable``, ...)."""
     interrupted_audio_bytes: int = 0
     """Queued PCM thrown away by interruptions."""
+    interruptions: int = 0
+    """Interruptions, by the application or the peer."""
+    audio_underruns: int = 0
+    """Output chunks sent so late (a stalled loop or network) that the pacing re-anchored."""
+    audio_frames_converted: int = 0
+    """Audio frames resampled or remixed (both directions)."""
+    logs_suppressed: int = 0
+    """Warning lines not written by the rate limiter (counted here instead)."""
     rejected_clients: int = 0
     """Newcomers closed with 1013 by the one-client rule (server only)."""
     parent: MediaStats | None = field(default=None, repr=False, eq=False)
@@ -109,6 +160,32 @@ class MediaStats:
         getattr(self, name)[reason] += 1
         if self.parent is not None:
             self.parent.count(name, reason)
+
+
+class InterruptionSource(enum.StrEnum):
+    """Who interrupted the output audio."""
+
+    APPLICATION = "application"
+    """The application sent an ``InterruptionFrame`` on the output."""
+    PEER = "peer"
+    """The peer sent one (the listener barged in)."""
+
+
+@frozen
+class Interruption:
+    """What an interruption cut short; the ``on_interruption`` event's argument.
+
+    ``sent_ms`` of the interrupted stream had been written to the listener, of which it
+    should have heard ``heard_ms`` (truncate the agent's transcript there: OpenAI's
+    ``conversation.item.truncate`` takes ``audio_end_ms``); ``dropped_ms`` was queued and
+    never sent. ``at`` is the Trio time of the interruption.
+    """
+
+    source: InterruptionSource
+    at: float
+    sent_ms: float
+    heard_ms: float
+    dropped_ms: float
 
 
 class MediaConnection:
@@ -127,6 +204,8 @@ class MediaConnection:
         self.remote = remote
         self.connected_at = trio.current_time()
         self.stats = MediaStats(parent=parent_stats)
+        self.output: Any = None
+        """The connection's :class:`~antiphon.media.output.MediaOutput` (``queued_audio_bytes``...)."""
 
     @property
     def is_connected(self) -> bool:
@@ -210,9 +289,10 @@ class MediaSessionHandler(SessionHandler):
         self,
         *,
         serializer: FrameSerializer,
-        make_output: Callable[[Session, FrameSerializer, MediaStats], Any],
-        deliver: trio.MemorySendChannel[MediaFrame],
+        make_output: Callable[[MediaSessionHandler], Any],
+        deliver: InputChannel,
         stats: MediaStats,
+        input_config: InputConfig | None = None,
         path: str = "/",
         headers: tuple[tuple[bytes, bytes], ...] = (),
         remote: str = "",
@@ -224,6 +304,7 @@ class MediaSessionHandler(SessionHandler):
         self._make_output = make_output
         self._deliver = deliver
         self._stats = stats
+        self._input = input_config or InputConfig()
         self._request = (path, headers, remote)
         self._opened, self._closed, self._timer = opened, closed, timer
         self.conn: MediaConnection | None = None
@@ -231,7 +312,9 @@ class MediaSessionHandler(SessionHandler):
         self.announced = False
         """True once the transport fired the connected event for this connection."""
         self.rejected = False
-        self._warned_full = False
+        self._converter: AudioConverter | None = None
+        self._skip_log: LogLimiter | None = None
+        self._drop_log: LogLimiter | None = None
 
     @property
     def connection(self) -> MediaConnection:
@@ -240,35 +323,91 @@ class MediaSessionHandler(SessionHandler):
 
     async def on_open(self, session: Session) -> None:
         path, headers, remote = self._request
-        self.conn = MediaConnection(session, path=path, headers=headers, remote=remote, parent_stats=self._stats)
-        self.output = self._make_output(session, self.serializer, self.conn.stats)
+        self.conn = conn = MediaConnection(session, path=path, headers=headers, remote=remote, parent_stats=self._stats)
+
+        def suppressed(n: int) -> None:
+            conn.stats.add("logs_suppressed", n)
+
+        self._skip_log = LogLimiter(log, f"connection {conn.id[:8]}: messages skipped", on_suppressed=suppressed)
+        self._drop_log = LogLimiter(log, f"connection {conn.id[:8]}: frames not delivered", on_suppressed=suppressed)
+        self.output = conn.output = self._make_output(self)
         session.nursery.start_soon(self.output.run)
         await self._opened(self)
 
     def on_message(self, session: Session, message: str | bytes) -> None:
+        # Never awaits: the engine's receive task must keep reading.
         conn = self.connection
-        frame = self.serializer.deserialize(message)
-        if frame is None:
-            skip = getattr(self.serializer, "stats", None)
-            last = getattr(skip, "last_skip", None)
-            conn.stats.count("skipped_in", str(last.reason) if last is not None else _UNKNOWN_SKIP)
-            log.warning("connection %s: skipped a message: %s", conn.id[:8], last or _UNKNOWN_SKIP)
-            return
+        stats = getattr(self.serializer, "stats", None)
+        skipped_before = getattr(stats, "total_skipped", None)
         try:
-            self._deliver.send_nowait(frame)
+            frame = self.serializer.deserialize(message)
+        except Exception as exc:  # a custom serializer's bug must not end the session
+            conn.stats.count("skipped_in", _SERIALIZER_ERROR)
+            self._log_skip(_SERIALIZER_ERROR, f"{type(exc).__name__}: {exc}", logging.ERROR)
+            return
+        if frame is None:
+            if skipped_before is not None and getattr(stats, "total_skipped", None) == skipped_before:
+                return  # consumed by the serializer (Twilio's `connected`): nothing to deliver
+            last = getattr(stats, "last_skip", None)
+            reason = str(last.reason) if last is not None else _UNKNOWN_SKIP
+            conn.stats.count("skipped_in", reason)
+            self._log_skip(reason, str(last or _UNKNOWN_SKIP))
+            return
+        if isinstance(frame, AudioRawFrame):
+            converted = self._convert_in(frame)
+            if converted is None:
+                return
+            frame = converted
+        elif isinstance(frame, InterruptionFrame) and self.output is not None:
+            self.output.interrupt(InterruptionSource.PEER)
+        elif isinstance(frame, StreamStartFrame) and self.output is not None:
+            self.output.wake()
+        self._deliver_frame(frame, sys.getsizeof(message))
+        if getattr(frame, "ends_session", False):
+            session.close(CloseCode.NORMAL, f"{frame.kind}: the stream ended")
+
+    def _convert_in(self, frame: AudioRawFrame) -> AudioRawFrame | None:
+        cfg = self._input
+        if cfg.sample_rate is None and cfg.num_channels is None:
+            return frame
+        source = AudioFormat(frame.sample_rate, frame.num_channels)
+        target = AudioFormat(cfg.sample_rate or frame.sample_rate, cfg.num_channels or frame.num_channels)
+        if source == target:
+            return frame
+        conv = self._converter
+        if conv is None or conv.source != source or conv.target != target:
+            conv = self._converter = AudioConverter(source, target, cfg.resample_quality)
+        self.connection.stats.add("audio_frames_converted")
+        pcm = conv.convert(frame.audio)
+        if not pcm:
+            return None  # the filter is still filling: its audio comes out with the next frames
+        return AudioRawFrame(pcm, target.sample_rate, target.num_channels, frame.pts, id=frame.id, name=frame.name)
+
+    def _deliver_frame(self, frame: AnyFrame, wire_bytes: int) -> None:
+        conn = self.connection
+        try:
+            self._deliver.put_nowait(frame, frame_nbytes(frame, wire_bytes))
         except trio.WouldBlock:
             # The engine's receive task must keep reading (heartbeats ride on it), and
             # real-time media that nobody consumes is stale anyway: drop, count, say so.
             conn.stats.add("dropped_in")
-            level = logging.DEBUG if self._warned_full else logging.WARNING
-            self._warned_full = True
-            log.log(level, "connection %s: input channel full, dropping a %s frame", conn.id[:8], frame.kind)
+            self._log_drop("input_full", "connection %s: input channel full, dropping a %s frame", frame.kind)
             return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.ClosedResourceError:
             conn.stats.add("dropped_in")
             log.debug("connection %s: input channel closed, dropping a %s frame", conn.id[:8], frame.kind)
             return
         conn.stats.add("frames_in")
+
+    def _log_skip(self, reason: str, detail: str, level: int = logging.WARNING) -> None:
+        assert self._skip_log is not None
+        self._skip_log.log(
+            trio.current_time(), level, reason, "connection %s: skipped a message: %s", self.connection.id[:8], detail
+        )
+
+    def _log_drop(self, reason: str, msg: str, kind: str) -> None:
+        assert self._drop_log is not None
+        self._drop_log.log(trio.current_time(), logging.WARNING, reason, msg, self.connection.id[:8], kind)
 
     def on_timer(self, session: Session) -> None:
         if self._timer is not None:
@@ -284,5 +423,8 @@ class MediaSessionHandler(SessionHandler):
     def on_close(self, session: Session) -> None:
         if self.output is not None:
             self.output.discard()
+        for limiter in (self._skip_log, self._drop_log):
+            if limiter is not None:
+                limiter.close()
         if self.conn is not None:
             self._closed(self)

@@ -45,7 +45,21 @@ Pipecat the transport does **not** close the connection: the handler decides, e.
 ``client.close()``.
 
 **Bad input never ends a session**: a message that does not decode is logged with its
-located reason, counted in ``stats.skipped_in`` and skipped (Pipecat ends the session).
+located reason (rate-limited), counted in ``stats.skipped_in`` and skipped (Pipecat ends
+the session). Nothing a client sends can reach the listener: a failure while routing a
+frame to a client closes that client's session with 1011 and the transport carries on.
+
+**Audio formats.** Incoming audio is converted to ``audio_in_sample_rate`` /
+``audio_in_channels`` when set; outgoing audio to ``audio_out_sample_rate`` /
+``audio_out_channels`` (or the serializer's wire format, e.g. Twilio's 8 kHz mono), with
+soxr, streaming (``resample_quality``). **Pacing** is a policy: ``pacing="realtime"``
+(Pipecat's timing, the default), ``"lead"`` (``lead_ms`` ahead) or ``"none"``.
+
+**Interruptions** both ways: an ``InterruptionFrame`` sent on :meth:`output` drops the
+queued audio and goes to the client; one *from* the client (the listener barged in)
+drops the queued audio at once and is delivered on :meth:`input`. Either fires
+``on_interruption(transport, client, interruption)`` with what the listener had been
+sent and should have heard (:class:`~antiphon.media.connection.Interruption`).
 
 **Shutdown** (:meth:`shutdown`): stop listening, let each client's queued audio and end
 silence play out, close with 1001 (within ``shutdown_grace_s``; 1001 regardless after),
@@ -62,7 +76,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 from attrs import field, frozen
@@ -74,29 +88,47 @@ from antiphon.engine.server import (
     ServerConfig,
     SessionServer,
 )
-from antiphon.engine.session import Session, SessionConfig
+from antiphon.engine.session import SessionConfig
 from antiphon.errors import ConfigError, LocalProtocolError
 from antiphon.media.connection import (
+    INPUT_BUFFER_BYTES,
     EventDispatcher,
     EventHandler,
+    InputChannel,
+    InputConfig,
+    Interruption,
     MediaConnection,
     MediaSessionHandler,
     MediaStats,
     SerializerSpec,
     serializer_factory,
 )
-from antiphon.media.output import MediaOutput, OutputConfig
+from antiphon.media.output import MAX_QUEUED_AUDIO_BYTES, MediaOutput, OutputConfig
 from antiphon.proto.close import CloseCode
-from antiphon.proto.media.frames import MediaFrame
-from antiphon.proto.media.pacing import CHUNK_MS, LEAD_MS, MAX_LATE_MS
+from antiphon.proto.media.frames import AnyFrame
+from antiphon.proto.media.pacing import (
+    CHUNK_MS,
+    LEAD_MS,
+    MAX_LATE_MS,
+    PacerConfig,
+    Pacing,
+    as_pacing,
+)
+from antiphon.proto.media.resample import DEFAULT_QUALITY, AudioFormat, Quality
 from antiphon.proto.media.serializers import FrameSerializer
 
 __all__ = ["SERVER_EVENTS", "WebsocketServerParams", "WebsocketServerTransport"]
 
 log = logging.getLogger("antiphon.media.server")
 
-SERVER_EVENTS: Final = ("on_websocket_ready", "on_client_connected", "on_client_disconnected", "on_session_timeout")
-"""Close code for a newcomer while a client is connected: Pipecat's, and RFC 6455's "try again later"."""
+SERVER_EVENTS: Final = (
+    "on_websocket_ready",
+    "on_client_connected",
+    "on_client_disconnected",
+    "on_session_timeout",
+    "on_interruption",
+)
+"""Pipecat's four events, and ``on_interruption(transport, client, interruption)``."""
 MIB: Final = 1024 * 1024
 INPUT_BUFFER_FRAMES: Final = 1024
 """Frames held for the application: ~40 s of 40 ms audio chunks; more means nobody is reading."""
@@ -118,8 +150,14 @@ class WebsocketServerParams:
     applies to the serializer the transport builds; with an instance it must agree (a
     :class:`ConfigError` says so). ``audio_out_sample_rate`` / ``audio_out_channels``
     fix the output audio format (``None``: each stream takes its first frame's).
-    ``chunk_ms`` is Pipecat's ``audio_out_10ms_chunks * 10``; ``end_silence_ms`` is sent
-    at shutdown (Pipecat: 2000; default 0 here so shutdown is not delayed).
+    ``audio_in_sample_rate`` / ``audio_in_channels`` convert incoming audio (``None``: as
+    sent). ``chunk_ms`` is Pipecat's ``audio_out_10ms_chunks * 10``; ``pacing`` is
+    ``"realtime"``, ``"lead"`` (``lead_ms`` ahead) or ``"none"``; ``resample_quality`` a
+    soxr preset. ``end_silence_ms`` is sent at shutdown (Pipecat: 2000; default 0 here
+    so shutdown is not delayed). ``input_buffer_size`` / ``input_buffer_bytes`` bound
+    what waits for the application, ``max_queued_audio_bytes`` the audio waiting to be
+    paced out; past them frames are dropped and counted. Raises :class:`ConfigError`
+    for a setting out of range.
     ``allowed_origins``: when not empty, an upgrade whose ``Origin`` is missing or not
     listed is refused with HTTP 403 (Pipecat's ``PIPECAT_ALLOWED_ORIGINS``).
     """
@@ -127,36 +165,77 @@ class WebsocketServerParams:
     serializer: SerializerSpec = None
     add_wav_header: bool = False
     session_timeout: float | None = field(default=None, validator=_positive_or_none)
+    audio_in_sample_rate: int | None = None
+    audio_in_channels: int | None = None
     audio_out_sample_rate: int | None = None
     audio_out_channels: int = 1
     chunk_ms: int = CHUNK_MS
+    pacing: Pacing = field(default=Pacing.REALTIME, converter=as_pacing)
     lead_ms: int = LEAD_MS
     max_late_ms: int = MAX_LATE_MS
     end_silence_ms: int = 0
+    resample_quality: Quality = DEFAULT_QUALITY
     replace_existing_client: bool = False
     allowed_origins: tuple[str, ...] = field(default=(), converter=tuple)
     input_buffer_size: int = INPUT_BUFFER_FRAMES
+    input_buffer_bytes: int = INPUT_BUFFER_BYTES
     output_buffer_size: int = OUTPUT_BUFFER_FRAMES
+    max_queued_audio_bytes: int = MAX_QUEUED_AUDIO_BYTES
     max_message_size: int = 1 * MIB
     shutdown_grace_s: float = 10.0
     session_config: SessionConfig | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.input_buffer_size < 1 or self.output_buffer_size < 1:
-            raise ConfigError("input_buffer_size and output_buffer_size: must be at least 1")
-        if self.audio_out_channels < 1:
-            raise ConfigError(f"audio_out_channels: must be at least 1, got {self.audio_out_channels}")
+        validate_media_params(self)
         serializer_factory(self.serializer, self.add_wav_header)  # validates
 
     def output_config(self) -> OutputConfig:
-        return OutputConfig(
-            sample_rate=self.audio_out_sample_rate,
-            num_channels=self.audio_out_channels if self.audio_out_sample_rate is not None else None,
-            chunk_ms=self.chunk_ms,
-            lead_ms=self.lead_ms,
-            max_late_ms=self.max_late_ms,
-            end_silence_ms=self.end_silence_ms,
+        return output_config(self)
+
+    def input_config(self) -> InputConfig:
+        return InputConfig(
+            sample_rate=self.audio_in_sample_rate,
+            num_channels=self.audio_in_channels,
+            resample_quality=self.resample_quality,
         )
+
+
+def validate_media_params(p: WebsocketServerParams | Any) -> None:
+    """Check the audio settings both transports share; raise :class:`ConfigError` naming the field."""
+    for name in ("input_buffer_size", "output_buffer_size", "input_buffer_bytes", "max_queued_audio_bytes"):
+        if getattr(p, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(p, name)}")
+    if p.audio_out_channels < 1:
+        raise ConfigError(f"audio_out_channels: must be at least 1, got {p.audio_out_channels}")
+    if p.audio_out_sample_rate is not None:
+        AudioFormat(p.audio_out_sample_rate, p.audio_out_channels)
+    InputConfig(sample_rate=p.audio_in_sample_rate, num_channels=p.audio_in_channels)
+    if p.resample_quality not in ("QQ", "LQ", "MQ", "HQ", "VHQ"):
+        raise ConfigError(f"resample_quality: must be QQ, LQ, MQ, HQ or VHQ, got {p.resample_quality!r}")
+    # Every format the pacer may meet is >= 8 kHz, so a chunk of >= 1 ms always holds samples.
+    PacerConfig(
+        8000,
+        chunk_ms=p.chunk_ms,
+        pacing=p.pacing,
+        lead_ms=p.lead_ms,
+        max_late_ms=p.max_late_ms,
+        end_silence_ms=getattr(p, "end_silence_ms", 0),
+    )
+
+
+def output_config(p: WebsocketServerParams | Any) -> OutputConfig:
+    """The :class:`OutputConfig` of a transport's params (server or client)."""
+    return OutputConfig(
+        sample_rate=p.audio_out_sample_rate,
+        num_channels=p.audio_out_channels if p.audio_out_sample_rate is not None else None,
+        chunk_ms=p.chunk_ms,
+        pacing=p.pacing,
+        lead_ms=p.lead_ms,
+        max_late_ms=p.max_late_ms,
+        end_silence_ms=getattr(p, "end_silence_ms", 0),
+        max_queued_audio_bytes=p.max_queued_audio_bytes,
+        resample_quality=p.resample_quality,
+    )
 
 
 class WebsocketServerTransport:
@@ -173,9 +252,10 @@ class WebsocketServerTransport:
             self.params.serializer, self.params.add_wav_header
         )
         self._output_config = self.params.output_config()
+        self._input_config = self.params.input_config()
         self._events = EventDispatcher(SERVER_EVENTS)
-        self._in_send, self._in_receive = trio.open_memory_channel[MediaFrame](self.params.input_buffer_size)
-        self._out_send, self._out_receive = trio.open_memory_channel[MediaFrame](self.params.output_buffer_size)
+        self._input = InputChannel(self.params.input_buffer_size, self.params.input_buffer_bytes)
+        self._out_send, self._out_receive = trio.open_memory_channel[AnyFrame](self.params.output_buffer_size)
         self._server = SessionServer(
             self._route,
             ServerConfig(
@@ -201,11 +281,11 @@ class WebsocketServerTransport:
     def add_event_handler(self, event_name: str, handler: EventHandler) -> None:
         self._events.add(event_name, handler)
 
-    def input(self) -> trio.MemoryReceiveChannel[MediaFrame]:
+    def input(self) -> InputChannel:
         """Frames received from clients (all of them, in order); ends when the transport stops."""
-        return self._in_receive
+        return self._input
 
-    def output(self) -> trio.MemorySendChannel[MediaFrame]:
+    def output(self) -> trio.MemorySendChannel[AnyFrame]:
         """Frames to send to the connected client; dropped and counted when there is none."""
         return self._out_send
 
@@ -255,7 +335,7 @@ class WebsocketServerTransport:
                 finally:
                     self._events.close()  # the dispatcher handles what is queued, then returns
         finally:
-            self._in_send.close()
+            self._input.close_sender()
             self._out_receive.close()
             self._done.set()
 
@@ -283,8 +363,9 @@ class WebsocketServerTransport:
         handler = MediaSessionHandler(
             serializer=self._new_serializer(),
             make_output=self._make_output,
-            deliver=self._in_send,
+            deliver=self._input,
             stats=self.stats,
+            input_config=self._input_config,
             path=request.path,
             headers=request.headers,
             remote=request.remote,
@@ -294,8 +375,14 @@ class WebsocketServerTransport:
         )
         return Accept(handler)
 
-    def _make_output(self, session: Session, serializer: FrameSerializer, stats: MediaStats) -> MediaOutput:
-        return MediaOutput(session, serializer, stats, self._output_config)
+    def _make_output(self, handler: MediaSessionHandler) -> MediaOutput:
+        conn = handler.connection
+
+        def interrupted(interruption: Interruption) -> None:
+            if handler.announced:
+                self._events.fire("on_interruption", self, conn, interruption)
+
+        return MediaOutput(conn.session, handler.serializer, conn.stats, self._output_config, interrupted)
 
     async def _opened(self, handler: MediaSessionHandler) -> None:
         conn = handler.connection
@@ -346,4 +433,15 @@ class WebsocketServerTransport:
                 self._warned_no_client = True
                 log.log(level, "no client connected: dropping an outgoing %s frame", getattr(frame, "kind", frame))
                 continue
-            handler.output.put(frame)
+            route_frame(handler, frame)
+
+
+def route_frame(handler: MediaSessionHandler, frame: AnyFrame) -> None:
+    """Hand ``frame`` to the connection's output; a failure ends that session (1011), never the caller's task."""
+    try:
+        handler.output.put(frame)
+    except Exception:
+        conn = handler.connection
+        log.exception("connection %s: failed to route an outgoing %s frame; closing it", conn.id[:8], getattr(frame, "kind", frame))
+        conn.stats.count("dropped_out", "internal_error")
+        conn.session.close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -37,6 +37,7 @@ have none, so Pipecat peers see ids and names as they would from Pipecat itself.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
@@ -111,6 +112,10 @@ def _to_bytes(value: object) -> object:
 
 
 _STR: Final = validators.instance_of(str)
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @frozen
@@ -210,7 +215,7 @@ class StreamStartFrame(_FrameBase):
     stream_sid: str = field(validator=_STR)
     call_sid: str = field(default="", validator=_STR)
     account_sid: str = field(default="", validator=_STR)
-    tracks: tuple[str, ...] = field(default=(), converter=tuple)
+    tracks: tuple[str, ...] = field(default=(), converter=_str_tuple)
     custom_parameters: dict[str, str] = field(factory=dict, eq=True, hash=False)
     sample_rate: int = field(default=8000, validator=_in_range(MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ))
     encoding: str = field(default="audio/x-mulaw", validator=_STR)

@@ -19,7 +19,7 @@ negative sample can land one code away from audioop's; every code decodes identi
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +41,7 @@ def _expand_table() -> npt.NDArray[np.int16]:
     mantissa = inverted & 0xF
     step = 4 << (exponent + 1)
     value = sign * ((0x80 << exponent) + step * mantissa + step // 2 - 4 * _BIAS)
-    return value.astype("<i2")
+    return cast("npt.NDArray[np.int16]", value.astype("<i2"))
 
 
 def _compress_table() -> npt.NDArray[np.uint8]:
@@ -55,7 +55,7 @@ def _compress_table() -> npt.NDArray[np.uint8]:
     low = 0xF - ((magnitude >> segment) & 0xF)
     code = (high << 4) | low
     code = np.where(x >= 0, code | 0x80, code)
-    return code.astype(np.uint8)
+    return cast("npt.NDArray[np.uint8]", code.astype(np.uint8))
 
 
 _EXPAND: Final = _expand_table()
@@ -64,10 +64,10 @@ _COMPRESS: Final = _compress_table()
 
 def ulaw_to_pcm16(ulaw: bytes) -> bytes:
     """Decode mu-law bytes to signed 16-bit little-endian PCM (two bytes out per byte in)."""
-    return _EXPAND[np.frombuffer(ulaw, dtype=np.uint8)].tobytes()
+    return bytes(_EXPAND[np.frombuffer(ulaw, dtype=np.uint8)].tobytes())
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
     """Encode signed 16-bit little-endian PCM to mu-law; a trailing odd byte is ignored."""
     usable = len(pcm) - len(pcm) % 2
-    return _COMPRESS[np.frombuffer(pcm, dtype="<u2", count=usable // 2)].tobytes()
+    return bytes(_COMPRESS[np.frombuffer(pcm, dtype="<u2", count=usable // 2)].tobytes())

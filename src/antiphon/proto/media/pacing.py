@@ -96,6 +96,7 @@ __all__ = [
     "InterruptReport",
     "PacerConfig",
     "Pacing",
+    "as_pacing",
 ]
 
 CHUNK_MS: Final = 40
@@ -128,11 +129,13 @@ def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int)
         raise ConfigError(f"{attribute.name} must be a non-negative integer, got {value!r}")
 
 
-def _pacing(value: object) -> Pacing:
-    try:
+def as_pacing(value: object) -> Pacing:
+    """``value`` as a :class:`Pacing` (a member or its name); :class:`ConfigError` otherwise."""
+    if isinstance(value, Pacing):
+        return value
+    if isinstance(value, str) and value in Pacing._value2member_map_:
         return Pacing(value)
-    except ValueError:
-        raise ConfigError(f"pacing must be one of {', '.join(Pacing)}, got {value!r}") from None
+    raise ConfigError(f"pacing must be one of {', '.join(Pacing)}, got {value!r}")
 
 
 @frozen
@@ -229,7 +232,7 @@ class PacerConfig:
     num_channels: int = field(default=1, validator=_positive)
     sample_width: int = field(default=2, validator=_positive)
     chunk_ms: int = field(default=CHUNK_MS, validator=_positive)
-    pacing: Pacing = field(default=Pacing.REALTIME, converter=lambda v: _pacing(v))
+    pacing: Pacing = field(default=Pacing.REALTIME, converter=as_pacing)
     lead_ms: int = field(default=LEAD_MS, validator=_non_negative)
     max_late_ms: int = field(default=MAX_LATE_MS, validator=_non_negative)
     end_silence_ms: int = field(default=0, validator=_non_negative)

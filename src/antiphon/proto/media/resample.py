@@ -10,7 +10,9 @@ frames comes out exactly as if it had been resampled whole: no clicks at chunk e
 It is pure computation (numpy and `soxr <https://github.com/dofuuz/python-soxr>`_, the
 SoX resampler Pipecat also uses) and reads no clock.
 
-**Resampling** uses ``soxr.ResampleStream`` in ``int16``. Quality ``"HQ"`` (the default)
+**Resampling** uses ``soxr.ResampleStream`` on float32 samples, rounded and clipped back
+to int16 here: no dither, so silence stays exactly silent and a stream's output does not
+depend on how it was cut into chunks (bit for bit). Quality ``"HQ"`` (the default)
 keeps the passband flat to 91% of the lower Nyquist frequency and rejects aliases by
 more than 80 dB. The filter holds audio back: about 36 ms when converting between 16
 kHz and 24/44.1/48 kHz, about 115 ms between 8 and 16 kHz (soxr's half-band stages are
@@ -32,11 +34,11 @@ filter fills. Memory is bounded: soxr's state is a few thousand samples per chan
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
-import soxr
+import soxr  # type: ignore[import-untyped]  # no stubs or py.typed as of soxr 1.1
 from attrs import frozen
 
 from antiphon.errors import ConfigError
@@ -55,7 +57,8 @@ DEFAULT_QUALITY: Final[Quality] = "HQ"
 """Flat passband, >80 dB alias rejection, ~36 ms held at 16<->48 kHz: right for speech."""
 
 _QUALITIES: Final = ("QQ", "LQ", "MQ", "HQ", "VHQ")
-_EMPTY: Final = np.zeros((0, 1), dtype=np.int16)
+_INT16_MIN: Final = -32768
+_INT16_MAX: Final = 32767
 
 
 @frozen
@@ -97,6 +100,10 @@ class AudioFormat:
         return f"{self.sample_rate} Hz x {self.num_channels}"
 
 
+def _to_int16(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+    return cast("npt.NDArray[np.int16]", np.clip(np.rint(samples), _INT16_MIN, _INT16_MAX).astype(np.int16))
+
+
 def _remix(samples: npt.NDArray[np.int16], out_channels: int) -> npt.NDArray[np.int16]:
     """Remix ``(frames, M)`` int16 samples to ``(frames, out_channels)`` (see the module docstring)."""
     in_channels = samples.shape[1]
@@ -104,7 +111,7 @@ def _remix(samples: npt.NDArray[np.int16], out_channels: int) -> npt.NDArray[np.
         return samples
     if out_channels == 1:
         mean = samples.astype(np.int32).sum(axis=1, keepdims=True) // in_channels
-        return mean.astype(np.int16)
+        return cast("npt.NDArray[np.int16]", mean.astype(np.int16))
     index = np.arange(out_channels) % in_channels
     return samples[:, index]
 
@@ -125,7 +132,7 @@ class AudioConverter:
         self._stream: soxr.ResampleStream | None = None
         if source.sample_rate != target.sample_rate:
             self._stream = soxr.ResampleStream(
-                source.sample_rate, target.sample_rate, self._mid_channels, dtype="int16", quality=quality
+                source.sample_rate, target.sample_rate, self._mid_channels, dtype="float32", quality=quality
             )
         self._pending = False  # the filter may hold samples of the current stream
 
@@ -147,7 +154,7 @@ class AudioConverter:
         if self.target.num_channels < self.source.num_channels:
             samples = _remix(samples, self.target.num_channels)
         if self._stream is not None:
-            samples = self._stream.resample_chunk(samples)
+            samples = _to_int16(self._stream.resample_chunk(samples.astype(np.float32)))
             self._pending = True
         samples = _remix(samples, self.target.num_channels)
         return np.ascontiguousarray(samples, dtype="<i2").tobytes()
@@ -156,7 +163,8 @@ class AudioConverter:
         """End the stream: return what the filter still holds, and start afresh."""
         if self._stream is None or not self._pending:
             return b""
-        tail = self._stream.resample_chunk(_EMPTY[:, :1].repeat(self._mid_channels, axis=1), last=True)
+        empty = np.zeros((0, self._mid_channels), dtype=np.float32)
+        tail = _to_int16(self._stream.resample_chunk(empty, last=True))
         self._stream.clear()
         self._pending = False
         return np.ascontiguousarray(_remix(tail, self.target.num_channels), dtype="<i2").tobytes()
