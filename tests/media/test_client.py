@@ -84,7 +84,9 @@ async def test_client_exchanges_every_kind_with_a_websockets_server() -> None:
     # Raw PCM by default: a stock Pipecat 1.14 server does not strip WAV headers (issue 10 #13).
     assert [sub.audio for k, sub in received if k == "audio"] == [PCM_40MS] * 2
     assert request_headers["x-token"] == "secret"
-    assert rec.names == ["on_connected", "on_interruption", "on_disconnected"]  # the server's InterruptionFrame
+    assert rec.names[0] == "on_connected" and rec.names[-1] == "on_disconnected"
+    # Two interruptions: our send(InterruptionFrame()) and the server's InterruptionFrame.
+    assert sorted(e[2][1].source for e in rec.events if e[0] == "on_interruption") == ["application", "peer"]
     assert dict(transport.stats.skipped_in) == {"malformed": 1, "wrong_message_type": 1}
 
 

@@ -86,6 +86,7 @@ from antiphon.media.connection import (
     InputChannel,
     InputConfig,
     Interruption,
+    InterruptionSource,
     MediaConnection,
     MediaSessionHandler,
     MediaStats,
@@ -102,7 +103,7 @@ from antiphon.media.server import (
     validate_media_params,
 )
 from antiphon.proto.close import CloseCode
-from antiphon.proto.media.frames import AnyFrame
+from antiphon.proto.media.frames import AnyFrame, InterruptionFrame
 from antiphon.proto.media.pacing import (
     CHUNK_MS,
     LEAD_MS,
@@ -266,13 +267,16 @@ class WebsocketClientTransport:
         """Serialize ``frame`` and queue it now, unpaced; ``False`` if not connected.
 
         Waits while the session's send queue is full. Raises LocalProtocolError for an
-        object the serializer cannot encode.
+        object the serializer cannot encode. An ``InterruptionFrame`` also drops the queued
+        output audio first, as on :meth:`output`.
         """
         handler, session = self._handler, self._session
         if handler is None or session is None or session.closing:
             self.stats.count("dropped_out", "not_connected")
             log.debug("not connected: not sending a %s frame", getattr(frame, "kind", frame))
             return False
+        if isinstance(frame, InterruptionFrame) and handler.output is not None:
+            handler.output.interrupt(InterruptionSource.APPLICATION)
         data = handler.serializer.serialize(frame)
         if data is None:
             handler.connection.stats.count("dropped_out", "serializer_returned_none")
