@@ -267,9 +267,35 @@ def _interrupt_stats(arrivals: list[tuple[float, int]], calls: list[float]) -> d
     }
 
 
+def _costs(repeats: int) -> dict[str, float]:
+    """CPU microseconds per 40 ms chunk of the codecs on the audio path (process time: robust to a busy machine)."""
+    from antiphon.proto.media.g711 import pcm16_to_ulaw, ulaw_to_pcm16
+    from antiphon.proto.media.resample import AudioConverter, AudioFormat
+
+    def per_chunk(fn: Any, chunk: bytes) -> float:
+        fn(chunk)  # warm up
+        start = time.process_time()
+        for _ in range(repeats):
+            fn(chunk)
+        return round((time.process_time() - start) / repeats * 1e6, 2)
+
+    out: dict[str, float] = {}
+    pairs = ((24000, 16000, 1), (48000, 16000, 1), (16000, 48000, 1), (8000, 16000, 1), (16000, 8000, 1), (48000, 16000, 2))
+    for src, dst, ch in pairs:
+        for quality in ("HQ", "QQ"):
+            conv = AudioConverter(AudioFormat(src, ch), AudioFormat(dst, 1), quality)  # type: ignore[arg-type]
+            out[f"resample {src // 1000}k x{ch} -> {dst // 1000}k {quality}"] = per_chunk(conv.convert, _tone(src, 0.04) * ch)
+    out["mu-law encode 8k"] = per_chunk(pcm16_to_ulaw, _tone(8000, 0.04))
+    out["mu-law decode 8k"] = per_chunk(ulaw_to_pcm16, bytes(320))
+    return out
+
+
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     steps = [int(s) for s in args.steps.split(",")]
     out: dict[str, Any] = {"ramps": {}, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    out["costs_us_per_40ms_chunk"] = _costs(200 if args.tiny else 5000)
+    for name, us in out["costs_us_per_40ms_chunk"].items():
+        print(f"{name:34} {us:8.2f} us per 40 ms chunk", flush=True)
     for name, rate in (("no_resampling", 16000), ("resampling_24k_to_16k", 24000)):
         ramp = []
         for n in steps:
