@@ -21,7 +21,10 @@ warm-up, then reports:
 * ``client_underruns``: chunks that reached their client after its one chunk of
   lead was used up (a listener with a 40 ms buffer would have heard a gap);
 * ``late_p99_ms``: 99th percentile of how late chunks arrived against the ideal schedule;
-* ``server_cpu``: the server's CPU time over the step's wall time (1.0 = a full core).
+* ``server_cpu``: the server's CPU time over the step's wall time (1.0 = a full core), and
+  ``cpu_ms_per_stream_s``: CPU milliseconds per stream per second of audio, which does
+  not depend on what else runs on the machine; ``streams_per_core_at_this_cost`` divides
+  a core by it (an estimate for an idle core, not a measurement).
 
 The ramp goes up the ``--steps`` list and stops after the first step with underruns.
 
@@ -237,6 +240,9 @@ async def _drive(args: argparse.Namespace, streams: int, source_rate: int, secon
         "chunks_expected_in_window": int(streams * seconds / CHUNK_S),
         "late_p50_ms": round(1000 * late[len(late) // 2], 2) if late else None,
         "late_p99_ms": round(1000 * late[int(len(late) * 0.99)], 2) if late else None,
+        # Load-independent: the server's CPU per stream, and what one idle core would pace at that cost.
+        "cpu_ms_per_stream_s": round(1000 * result["server_cpu"] / streams, 3),
+        "streams_per_core_at_this_cost": int(streams / result["server_cpu"]) if result["server_cpu"] > 0 else None,
     }
 
 
@@ -314,7 +320,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 def _row(name: str, s: dict[str, Any]) -> str:
     return (f"{name:24} streams={s['streams']:5}  server_underruns={s['server_underruns']:4}  "
             f"client_underruns={s['client_underruns']:4}  late p50/p99={s['late_p50_ms']}/{s['late_p99_ms']} ms  "
-            f"server_cpu={s['server_cpu']:.2f}  chunks {s['chunks_received_in_window']}/{s['chunks_expected_in_window']}")  # fmt: skip
+            f"server_cpu={s['server_cpu']:.2f} ({s['cpu_ms_per_stream_s']} ms/stream/s)  "
+            f"chunks {s['chunks_received_in_window']}/{s['chunks_expected_in_window']}")  # fmt: skip
 
 
 def main() -> None:
