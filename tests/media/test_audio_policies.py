@@ -158,3 +158,18 @@ async def test_client_converts_both_ways(autojump_clock: Any) -> None:
     assert {(f.sample_rate, f.num_channels, len(f.audio)) for f in up} == {(16000, 1, MONO_40MS)} and len(up) == 10
     assert {(f.sample_rate, f.num_channels) for f in down} == {(24000, 1)}
     assert abs(frequency_of(b"".join(f.audio for f in down), 24000) / 440 - 1) < 0.0005
+
+
+async def test_without_an_output_format_a_stream_keeps_its_first_frames_format(autojump_clock: Any) -> None:
+    """No audio_out_sample_rate: 24 kHz audio while 16 kHz is queued is converted into the 16 kHz stream, then a new
+    stream after it played out takes its own first frame's format."""
+    async with memory_server() as (transport, rec, new_client):
+        client, t0 = await connected(rec, new_client)
+        await transport.output().send(AudioRawFrame(pcm(4 * MONO_40MS), 16000, 1))
+        await transport.output().send(AudioRawFrame(sine(24000, 0.08), 24000, 1))  # 80 ms, converted
+        first = await read_frames(client, t0 + 1)
+        await transport.output().send(AudioRawFrame(sine(24000, 0.08), 24000, 1))  # a new stream: 24 kHz as sent
+        second = await read_frames(client, t0 + 2)
+    assert [s.sample_rate for _, _, s in first] == [16000] * 6
+    assert [(s.sample_rate, len(s.audio)) for _, _, s in second] == [(24000, 1920)] * 2
+    assert transport.stats.audio_frames_converted == 1
