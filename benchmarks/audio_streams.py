@@ -2,7 +2,7 @@
 
 ::
 
-    python -m benchmarks.audio_streams                 # both variants, ramp to 1600 streams, interrupts; ~3 min
+    python -m benchmarks.audio_streams                 # both variants, ramp to 1200 streams, interrupts; ~3 min
     python -m benchmarks.audio_streams --steps 100,200 --seconds 5 --interrupts 20
     python -m benchmarks.audio_streams --tiny          # ~10 s: the smoke test's run
 
@@ -26,7 +26,9 @@ warm-up, then reports:
   not depend on what else runs on the machine; ``streams_per_core_at_this_cost`` divides
   a core by it (an estimate for an idle core, not a measurement).
 
-The ramp goes up the ``--steps`` list and stops after the first step with underruns.
+The ramp goes up the ``--steps`` list and stops after the first step with server
+underruns. Client-side counts are informative: a stall of the measuring process itself
+(likely on a shared machine) shows as one "underrun" in every stream at once.
 
 **Interrupts.** One stream; ``--interrupts`` times, the application sends 2 s of audio,
 waits 200-600 ms, and sends an ``InterruptionFrame``, noting ``time.monotonic()`` at the
@@ -308,8 +310,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             step = await _drive(args, n, rate, args.seconds, 0)
             ramp.append(step)
             print(_row(name, step), flush=True)
-            if step["server_underruns"] or step["client_underruns"]:
-                break
+            if step["server_underruns"]:
+                break  # the server fell behind real time: this is the limit
         out["ramps"][name] = ramp
     if args.interrupts:
         out["interrupts"] = await _drive(args, 1, 16000, 0, args.interrupts)
@@ -327,7 +329,7 @@ def _row(name: str, s: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("mode", nargs="?", default="drive", choices=["drive", "serve"])
-    p.add_argument("--steps", default="100,200,400,800,1600", help="stream counts to ramp through")
+    p.add_argument("--steps", default="100,200,300,400,600,800,1200", help="stream counts to ramp through")
     p.add_argument("--seconds", type=float, default=8.0, help="measured streaming time per step")
     p.add_argument("--interrupts", type=int, default=40, help="interruptions to time (0: skip)")
     p.add_argument("--streams", type=int, default=1, help=argparse.SUPPRESS)
