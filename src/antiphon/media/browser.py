@@ -52,7 +52,12 @@ from typing import Any, Final
 
 from antiphon import __version__
 from antiphon.media.server import WebsocketServerParams
-from antiphon.proto.media.frames import InterruptionFrame, MediaFrame, MessageFrame
+from antiphon.proto.media.frames import (
+    AnyFrame,
+    InterruptionFrame,
+    MediaFrame,
+    MessageFrame,
+)
 from antiphon.proto.media.serializers import DecodeStats, ProtobufFrameSerializer
 
 __all__ = [
@@ -116,13 +121,13 @@ class BrowserClientSerializer:
         self._protobuf = ProtobufFrameSerializer(add_wav_header=False)
         self.stats: DecodeStats = self._protobuf.stats
 
-    def serialize(self, frame: MediaFrame) -> bytes:
+    def serialize(self, frame: AnyFrame) -> bytes:
         """The binary WebSocket message for ``frame``; raises LocalProtocolError as the protobuf serializer does."""
         if isinstance(frame, InterruptionFrame):
             frame = rtvi_message("bot-stopped-speaking")
         return self._protobuf.serialize(frame)
 
-    def deserialize(self, data: bytes | str) -> MediaFrame | None:
+    def deserialize(self, data: bytes | str) -> AnyFrame | None:
         """The frame in one message, or ``None`` with the reason in ``stats.last_skip``."""
         return self._protobuf.deserialize(data)
 

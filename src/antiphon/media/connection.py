@@ -134,7 +134,7 @@ class MediaStats:
     dropped_in: int = 0
     """Decoded frames lost because the input channel was full or closed."""
     dropped_out: Counter[str] = field(factory=Counter)
-    """Outgoing frames not sent, by reason (``no_client``, ``audio_format``, ``unserializable``, ...)."""
+    """Outgoing frames not sent, by reason (``no_client``, ``audio_buffer_full``, ``not_ready``, ``unserializable``, ...)."""
     interrupted_audio_bytes: int = 0
     """Queued PCM thrown away by interruptions."""
     interruptions: int = 0

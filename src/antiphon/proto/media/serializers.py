@@ -391,9 +391,14 @@ def _json_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(bytes, lambda b: base64.b64encode(b).decode("ascii"))
     for cls in MEDIA_FRAME_TYPES:
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True))
-    configure_tagged_union(MediaFrame, conv, tag_generator=lambda cls: cls.kind, tag_name="type")
-    configure_tagged_union(_JsonIn, conv, tag_generator=lambda cls: cls.kind, tag_name="type")
+    configure_tagged_union(MediaFrame, conv, tag_generator=_kind_of, tag_name="type")
+    configure_tagged_union(_JsonIn, conv, tag_generator=_kind_of, tag_name="type")
     return conv
+
+
+def _kind_of(cls: type) -> str:
+    kind: str = getattr(cls, "kind")  # noqa: B009 - every frame class has the ClassVar; `type` does not say so
+    return kind
 
 
 def _all_finite(value: Any) -> bool:
@@ -455,7 +460,9 @@ class JsonFrameSerializer(_SerializerBase):
             shown = kind if isinstance(kind, str) else type(kind).__name__
             raise _Reject(SkipReason.NO_FRAME, f"$.type: unknown frame type {str(shown)[:64]!r}")
         try:
-            wire = structure(self._conv, doc, _JsonIn)
+            wire: TextFrame | _AudioWire | TranscriptionFrame | MessageFrame | InterruptionFrame = structure(
+                self._conv, doc, _JsonIn  # type: ignore[arg-type]  # cattrs structures unions too
+            )
         except DecodeError as exc:
             reason = SkipReason.BAD_AUDIO if kind == "audio" else SkipReason.BAD_FIELDS
             raise _Reject(reason, str(exc)) from None
