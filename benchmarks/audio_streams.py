@@ -2,7 +2,7 @@
 
 ::
 
-    python -m benchmarks.audio_streams                 # both variants, ramp to 1200 streams, interrupts; ~3 min
+    python -m benchmarks.audio_streams                 # both variants, ramp to 1600 streams, interrupts; ~3 min
     python -m benchmarks.audio_streams --steps 100,200 --seconds 5 --interrupts 20
     python -m benchmarks.audio_streams --tiny          # ~10 s: the smoke test's run
 
@@ -11,7 +11,8 @@
 transports are one client per transport), each with ``audio_out_sample_rate=16000`` and
 the default ``realtime`` pacing. When its client connects, each application keeps its
 output fed, 2 s ahead, with a 440 Hz tone: at 16 kHz mono (*no resampling*), or at 24
-kHz (*resampling*: a TTS's usual rate, converted by soxr HQ on the way out). The client
+kHz (*resampling*: a TTS's usual rate, converted by soxr HQ on the way out), until the
+step ends. The client
 side (this process, pinned to CPU 1: picows on uvloop, never importing antiphon) opens N
 connections and timestamps every audio frame. A step streams for ``--seconds`` after a
 warm-up, then reports:
@@ -59,6 +60,7 @@ CHUNK_S: Final = 0.040
 AUDIO_TAG: Final = 0x12  # protobuf: Frame.audio (field 2, length-delimited)
 INTERRUPTION_TAG: Final = 0x2A  # Frame.interruption (field 5)
 WARMUP_S: Final = 2.0
+CONNECT_CONCURRENCY: Final = 50  # handshakes in flight while a step connects its clients
 DEADLINE_S: Final = 600.0  # the whole run, whatever the flags
 
 
@@ -90,13 +92,16 @@ async def _serve(args: argparse.Namespace) -> None:
     calls: list[float] = []
     window: dict[str, float] = {}
 
-    async def feed(transport: Any, seconds: float) -> None:
+    stop = trio.Event()
+
+    async def feed(transport: Any) -> None:
+        """Keep 1-2 s of audio queued until the driver says stop (bounded by DEADLINE_S)."""
         out = transport.output()
         await out.send(AudioRawFrame(second, rate, 1))
-        await out.send(AudioRawFrame(second, rate, 1))
-        for _ in range(int(seconds)):
-            await trio.sleep(1.0)
-            await out.send(AudioRawFrame(second, rate, 1))
+        with trio.move_on_after(DEADLINE_S):
+            while not stop.is_set():
+                await out.send(AudioRawFrame(second, rate, 1))
+                await trio.sleep(1.0)
 
     async def interrupts(transport: Any, n: int) -> None:
         out = transport.output()
@@ -117,7 +122,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 if args.interrupts:
                     nursery.start_soon(interrupts, transport, args.interrupts)
                 else:
-                    nursery.start_soon(feed, transport, args.seconds + args.warmup + 1)
+                    nursery.start_soon(feed, transport)
 
         print(json.dumps({"ports": [t.port for t in transports]}), flush=True)
         # The driver writes one line when the measured window starts and closes stdin at its end.
@@ -134,6 +139,7 @@ async def _serve(args: argparse.Namespace) -> None:
                               underruns=sum(t.stats.audio_underruns for t in transports))  # fmt: skip
         usage = resource.getrusage(resource.RUSAGE_SELF)
         end, cpu = time.monotonic(), usage.ru_utime + usage.ru_stime
+        stop.set()
         result = {
             "server_underruns": sum(t.stats.audio_underruns for t in transports) - window.get("underruns", 0),
             "server_cpu": (cpu - window.get("cpu", 0.0)) / max(1e-9, end - window.get("start", end)),
@@ -200,10 +206,14 @@ async def _drive(args: argparse.Namespace, streams: int, source_rate: int, secon
     try:
         ports = json.loads(await asyncio.to_thread(proc.stdout.readline))["ports"]
         per_stream: list[list[tuple[float, int]]] = [[] for _ in ports]
-        transports = []
-        for port, arrivals in zip(ports, per_stream, strict=True):
-            transport, _ = await ws_connect(_Listener.factory(arrivals), f"ws://127.0.0.1:{port}/", enable_auto_ping=False)
-            transports.append(transport)
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def dial(port: int, arrivals: list[tuple[float, int]]) -> Any:
+            async with gate:
+                transport, _ = await ws_connect(_Listener.factory(arrivals), f"ws://127.0.0.1:{port}/", enable_auto_ping=False)
+                return transport
+
+        transports = await asyncio.gather(*(dial(port, arr) for port, arr in zip(ports, per_stream, strict=True)))
         if interrupts:
             await asyncio.sleep(interrupts * 1.0 + 1.0)
             t0 = t1 = 0.0
@@ -329,7 +339,7 @@ def _row(name: str, s: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("mode", nargs="?", default="drive", choices=["drive", "serve"])
-    p.add_argument("--steps", default="100,200,300,400,600,800,1200", help="stream counts to ramp through")
+    p.add_argument("--steps", default="200,400,600,800,1000,1200,1600", help="stream counts to ramp through")
     p.add_argument("--seconds", type=float, default=8.0, help="measured streaming time per step")
     p.add_argument("--interrupts", type=int, default=40, help="interruptions to time (0: skip)")
     p.add_argument("--streams", type=int, default=1, help=argparse.SUPPRESS)
