@@ -13,7 +13,7 @@ Nothing is dropped silently. A message that does not decode is logged with the
 serializer's located reason and counted in ``stats.skipped_in``; a frame that cannot be
 delivered (input channel full or closed, no peer connected, audio buffer full) is
 logged and counted in ``stats.dropped_in`` / ``stats.dropped_out``. The log lines are
-rate-limited per connection (:mod:`antiphon.media.logs`: the first few per 10 s, then a
+rate-limited per connection (:mod:`antiphon.media.log_limit`: the first few per 10 s, then a
 summary; ``stats.logs_suppressed`` counts the rest), so a flood of bad frames is not a
 flood of log. Every connection has its own :class:`MediaStats`, which also adds into
 its transport's.
@@ -57,7 +57,7 @@ from antiphon.media.input import (
     InputConfig,
     frame_nbytes,
 )
-from antiphon.media.logs import LogLimiter
+from antiphon.media.log_limit import LogLimiter
 from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import (
     AnyFrame,

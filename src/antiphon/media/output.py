@@ -61,7 +61,7 @@ from attrs import frozen
 from antiphon.engine.session import Session
 from antiphon.errors import LocalProtocolError
 from antiphon.media.connection import Interruption, InterruptionSource, MediaStats
-from antiphon.media.logs import LogLimiter
+from antiphon.media.log_limit import LogLimiter
 from antiphon.proto.close import CloseCode
 from antiphon.proto.media.frames import (
     AnyFrame,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from antiphon.media.logs import LogLimiter
+from antiphon.media.log_limit import LogLimiter
 
 log = logging.getLogger("tests.media.limiter")
 
