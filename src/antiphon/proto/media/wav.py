@@ -48,7 +48,7 @@ def add_wav_header(pcm: bytes, sample_rate: int, num_channels: int, sample_width
 
     The header is byte-identical to what :mod:`wave` writes for the same audio. Raises
     :class:`LocalProtocolError` (and nothing else) when the format is impossible or does
-    not fit the header's fields (a byte rate of 2**32 or more), when ``pcm`` is not a
+    not fit the header's fields (a block of 2**16 bytes or more, a byte rate of 2**32 or more), when ``pcm`` is not a
     whole number of sample frames, or when it is too large for a WAV file.
     """
     block_align = num_channels * sample_width
@@ -56,6 +56,7 @@ def add_wav_header(pcm: bytes, sample_rate: int, num_channels: int, sample_width
         not 0 < sample_rate <= _UINT32_MAX
         or not 0 < num_channels <= _UINT16_MAX
         or not 1 <= sample_width <= 4
+        or block_align > _UINT16_MAX  # the block align field
         or sample_rate * block_align > _UINT32_MAX  # the byte rate field
     ):
         raise LocalProtocolError(
