@@ -123,7 +123,9 @@ class LiveRun:
         self._turns_ready = trio.lowlevel.ParkingLot()
         self._ingest: deque[TurnRequest] = deque()
         self._ingest_ready = trio.lowlevel.ParkingLot()
-        self._current: tuple[TurnRequest, trio.CancelScope] | None = None
+        self._current: TurnRequest | None = None  # the turn whose agent is running
+        self._turn_scope = trio.CancelScope()
+        self._cancel_requested: MessageId | None = None
         self._idle = False  # the turns task is parked, waiting for a turn
         self._corked: Session | None = None
 
@@ -245,8 +247,9 @@ class LiveRun:
 
     def cancel(self, id: MessageId) -> None:
         """Stop turn ``id``: cancel it if running, end it at once if still queued."""
-        if self._current is not None and self._current[0].id == id:
-            self._current[1].cancel()
+        if self._current is not None and self._current.id == id:
+            self._cancel_requested = id
+            self._turn_scope.cancel()
             return
         if self.state.is_pending(id) and not self.state.turn_running(id):
             request = self.state.request_of(id)
@@ -294,6 +297,15 @@ class LiveRun:
             self._flush()
 
     async def _turn_loop(self) -> None:
+        # One cancel scope per incarnation of the loop, not per turn (entering a scope
+        # costs more than the rest of a simple turn): `cancel` cancels this scope, the
+        # running turn ends `cancelled`, and the loop starts over in a fresh one.
+        while True:
+            with trio.CancelScope() as scope:
+                self._turn_scope = scope
+                await self._run_turns()
+
+    async def _run_turns(self) -> None:
         while True:
             while not self._turns:
                 self._idle = True
@@ -342,43 +354,56 @@ class LiveRun:
         try:
             for event in state.turn_started(request):
                 await self.emit_wait(event)
-            with trio.CancelScope() as scope:
-                self._current = (request, scope)
-                try:
-                    result = start_agent(self.agents[request.agent], turn)
-                    if inspect.isasyncgen(result):
-                        # aclosing: a cancelled turn finalizes the agent's generator
-                        # here, in this task, not later in the garbage collector.
-                        async with aclosing(result) as chunks:
-                            async for chunk in chunks:
-                                for event in state.turn_chunk(request, check_chunk(chunk)):
-                                    await self.emit_wait(event)
-                    else:
-                        for event in state.turn_chunk(request, await whole_reply(result, turn)):
-                            await self.emit_wait(event)
-                except ReplyTooLong as exc:
-                    log.warning("run %s: turn %s cut off: %s", self.run_id, request.id, exc)
-                    status, error = TurnStatus.FAILED, str(exc)
-                except Exception as exc:
-                    # The traceback is for the server's log; the client gets the kind only,
-                    # since exception text can carry anything (keys, prompts, paths).
-                    log.exception("run %s: agent %r failed on turn %s", self.run_id, request.agent, request.id)
-                    status, error = TurnStatus.FAILED, f"agent {request.agent!r} failed ({type(exc).__name__})"
-            if scope.cancelled_caught:
-                status = TurnStatus.CANCELLED
+            self._current = request
+            try:
+                result = start_agent(self.agents[request.agent], turn)
+                if inspect.isasyncgen(result):
+                    # aclosing: a cancelled turn finalizes the agent's generator
+                    # here, in this task, not later in the garbage collector.
+                    async with aclosing(result) as chunks:
+                        async for chunk in chunks:
+                            for event in state.turn_chunk(request, check_chunk(chunk)):
+                                await self.emit_wait(event)
+                else:
+                    for event in state.turn_chunk(request, await whole_reply(result, turn)):
+                        await self.emit_wait(event)
+            except ReplyTooLong as exc:
+                log.warning("run %s: turn %s cut off: %s", self.run_id, request.id, exc)
+                status, error = TurnStatus.FAILED, str(exc)
+            except Exception as exc:
+                # The traceback is for the server's log; the client gets the kind only,
+                # since exception text can carry anything (keys, prompts, paths).
+                log.exception("run %s: agent %r failed on turn %s", self.run_id, request.agent, request.id)
+                status, error = TurnStatus.FAILED, f"agent {request.agent!r} failed ({type(exc).__name__})"
         except trio.Cancelled:
             status = TurnStatus.CANCELLED
             raise
         finally:
             self._current = None
+            if self._cancel_requested == request.id:
+                status = TurnStatus.CANCELLED  # asked for before the turn ended, even if it then finished
+                self._cancel_requested = None
             if state.is_pending(request.id):
-                with trio.CancelScope(shield=True):
-                    await self._finish_turn(request, status, turn, error, started_at)
+                if self.store is None:
+                    self._end_turn(request, status, turn, error)
+                else:
+                    with trio.CancelScope(shield=True):
+                        await self._finish_turn(request, status, turn, error, started_at)
+
+    def _end_turn(self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None) -> None:
+        for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error):
+            self.emit(event)
+        holder = self.holder
+        if holder is not None:
+            holder.turn_ended()
 
     async def _finish_turn(
         self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, started_at: float
     ) -> None:
         # Stored first, sent after: a client never holds a reply the store lacks.
+        if self.store is None:
+            self._end_turn(request, status, turn, error)
+            return
         events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error)
         last = events[-1]
         if self.store is not None and isinstance(last, StreamEnd | Response):

@@ -26,6 +26,7 @@ from antiphon.proto.chat.messages import (
     StreamEnd,
     StreamStart,
     TokenUsage,
+    TurnStatus,
     UserMessage,
     decode_client_message,
     decode_server_event,
@@ -246,3 +247,71 @@ def test_context_depth_check_matches_the_json_depth(value: Any) -> None:
     else:
         with pytest.raises(DecodeError, match="nested deeper than"):
             decode_client_message(frame)
+
+
+_ids = st.one_of(st.none(), st.text(max_size=5), st.integers(-5, 5), st.booleans(), st.floats(allow_nan=False))
+_texts = st.one_of(st.none(), st.text(max_size=8), st.integers(0, 3), st.lists(st.integers(), max_size=2))
+_envelopes = st.fixed_dictionaries(
+    {"type": st.just("message")},
+    optional={
+        "id": _ids,
+        "payload": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "message": _texts,
+                    "content": _texts,
+                    "context": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), _texts),
+                    "agent": _texts,
+                },
+            ),
+            _texts,
+        ),
+        "extra": _texts,
+    },
+)
+
+
+@given(_envelopes)
+@settings(max_examples=300)
+def test_the_fast_message_decoder_agrees_with_the_converter(doc: dict[str, Any]) -> None:
+    """The hand-written path for `message` envelopes gives what the strict converter gives, or declines."""
+    from antiphon.proto._codec import structure
+    from antiphon.proto.chat import messages
+
+    try:
+        fast: Any = messages._fast_user_message(doc)
+    except DecodeError as exc:
+        fast = exc
+    try:
+        env = structure(messages._converter, doc, messages._MessageEnvelope)
+        p = env.payload
+        slow: Any = messages._user_message(p.message, p.content, env.id, p.context, p.agent, "$.payload")
+    except DecodeError as exc:
+        slow = exc
+    if fast is None:
+        return  # declined: the converter's answer is what the caller gets
+    if isinstance(fast, DecodeError) or isinstance(slow, DecodeError):
+        assert str(fast) == str(slow)
+    else:
+        assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Ack(id="m", message_number=3),
+        Ack(id=7, message_number=1),
+        StreamStart(id="m", agent="a"),
+        StreamChunk(id="m", agent="a", chunk="é\n\"x\""),
+        StreamEnd(id="m", agent="a", full_response="f", token_usage=TokenUsage(1, 2), status=TurnStatus.CANCELLED),
+        Response(id=2, agent="a", response="r", token_usage=TokenUsage(3, 4)),
+    ],
+)
+def test_the_fast_event_encoders_agree_with_the_converter(event: Any) -> None:
+    """Turn events built by hand are the very documents the converter makes, key order included."""
+    from antiphon.proto.chat import messages
+
+    assert messages._FAST_ENCODERS[type(event)](event) == messages._converter.unstructure(event)
+    assert list(messages._FAST_ENCODERS[type(event)](event)) == list(messages._converter.unstructure(event))
+    assert encode_event(event, 5) == messages.dumps({**messages._converter.unstructure(event), "seq": 5})

@@ -43,7 +43,7 @@ from attrs import frozen
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from antiphon.errors import DecodeError
-from antiphon.proto._codec import dumps, expect_object, loads, make_converter, structure
+from antiphon.proto._codec import dumps, expect_object, loads, make_converter, quote, structure
 
 __all__ = [
     "CONTEXT_MAX_DEPTH",
@@ -297,9 +297,39 @@ for _cls in _EVENT_TYPES.values():
     _register_event(_cls)
 
 
+def _usage(u: TokenUsage) -> dict[str, int]:
+    return {"prompt_tokens": u.prompt_tokens, "candidates_tokens": u.candidates_tokens}
+
+
+# The events of every turn, built by hand: the same documents the converter makes
+# (a test holds them equal), for a fraction of the cost on the hot path.
+_FAST_ENCODERS: Final[dict[type, Any]] = {
+    Ack: lambda e: {"type": "ack", "id": e.id, "message_number": e.message_number},
+    StreamStart: lambda e: {"type": "stream_start", "id": e.id, "agent": e.agent},
+    StreamChunk: lambda e: {"type": "stream_chunk", "id": e.id, "agent": e.agent, "chunk": e.chunk},
+    StreamEnd: lambda e: {
+        "type": "stream_end",
+        "id": e.id,
+        "agent": e.agent,
+        "full_response": e.full_response,
+        "token_usage": _usage(e.token_usage),
+        "status": e.status,
+    },
+    Response: lambda e: {
+        "type": "response",
+        "id": e.id,
+        "agent": e.agent,
+        "response": e.response,
+        "token_usage": _usage(e.token_usage),
+        "status": e.status,
+    },
+}
+
+
 def encode_event(event: ServerEvent, seq: int | None = None) -> str:
     """The JSON text of a server event, ``type`` first and ``seq`` last when given."""
-    doc = _converter.unstructure(event)
+    fast = _FAST_ENCODERS.get(type(event))
+    doc = fast(event) if fast is not None else _converter.unstructure(event)
     if seq is not None:
         doc["seq"] = seq
     return dumps(doc)
@@ -311,7 +341,7 @@ def decode_server_frame(data: str | bytes) -> tuple[ServerEvent, int | None]:
     kind = obj.get("type")
     cls = _EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise DecodeError(f"$.type: unknown event type {kind!r}")
+        raise DecodeError(f"$.type: unknown event type {quote(kind)}")
     seq = obj.get("seq")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
         raise DecodeError("$.seq: expected an integer")
@@ -342,6 +372,10 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             return _user_message(short.message, short.content, short.id, short.context, short.agent, "$")
         raise DecodeError('$: expected a "type", a "message" or a "secret"')
     if kind == "message":
+        fast = _fast_user_message(obj)
+        if fast is not None:
+            return fast
+        # Something is off: the strict converter says exactly what, and where.
         env = structure(_converter, obj, _MessageEnvelope)
         p = env.payload
         return _user_message(p.message, p.content, env.id, p.context, p.agent, "$.payload")
@@ -358,7 +392,24 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         return structure(_converter, obj, Auth)
     if not isinstance(kind, str):
         raise DecodeError("$.type: expected a string")
-    raise DecodeError(f"$.type: unknown message type {kind!r}")
+    raise DecodeError(f"$.type: unknown message type {quote(kind)}")
+
+
+def _fast_user_message(obj: dict[str, Any]) -> UserMessage | None:
+    """The common, well-formed ``message`` envelope decoded by hand (what the converter would give); None otherwise."""
+    payload, mid = obj.get("payload"), obj.get("id")
+    if type(payload) is not dict or not (mid is None or type(mid) is str or type(mid) is int):
+        return None
+    message, content = payload.get("message"), payload.get("content")
+    context, agent = payload.get("context"), payload.get("agent")
+    if (
+        (message is None or type(message) is str)
+        and (content is None or type(content) is str)
+        and (context is None or type(context) is dict)
+        and (agent is None or type(agent) is str)
+    ):
+        return _user_message(message, content, mid, context, agent, "$.payload")
+    return None
 
 
 def _user_message(
