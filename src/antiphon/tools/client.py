@@ -84,9 +84,9 @@ from antiphon.proto.utcp.templates import (
     Tool,
     UtcpManual,
     WebSocketCallTemplate,
-    substitute_variables,
 )
 from antiphon.proto.utcp.urls import check_ws_url
+from antiphon.proto.utcp.variables import substitute_variables
 from antiphon.tools.oauth import TokenCache
 from antiphon.tools.pool import (
     Opener,
