@@ -30,8 +30,9 @@ import trio
 from antiphon.engine.server import ServerConfig
 from antiphon.errors import ConfigError
 from antiphon.proto.utcp.templates import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
+from antiphon.tools.app import MANUAL_PATHS, ToolApp
 from antiphon.tools.client import call_tool, call_tool_streaming
-from antiphon.tools.server import MANUAL_PATHS, ToolApp, ToolServer
+from antiphon.tools.server import ToolServer
 
 __all__ = ["add_commands", "build_app", "call_template", "parse_args"]
 
