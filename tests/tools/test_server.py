@@ -10,6 +10,8 @@ from typing import Any, Literal
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto.events import AcceptConnection, RejectConnection
 
 from antiphon.engine.server import HandshakeRequest, ServerConfig
@@ -25,6 +27,7 @@ from antiphon.tools import (
     call_tool_streaming,
     open_tool_client,
 )
+from antiphon.tools.schema import ArgumentError, bind_arguments
 from tests.helpers import RawClient
 from tests.tools.conftest import API_KEY, demo_app, tcp_tools
 
@@ -344,3 +347,23 @@ def test_binding_beyond_loopback_without_public_url_or_auth_warns(caplog: pytest
     assert len(messages) == 2
     assert messages[0].startswith("tool server bound to 0.0.0.0 without public_url:")
     assert messages[1] == "tool server bound to :: without auth: anyone who reaches it can call every tool"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=10,
+)
+_APP = demo_app()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_APP.tools)), _json | st.dictionaries(st.sampled_from(["a", "b", "text", "n", "x"]), _json))
+def test_any_json_arguments_bind_or_raise_argument_error(name: str, args: Any) -> None:
+    """The server's argument check turns any decoded JSON into kwargs or an ArgumentError (sent as tool_error)."""
+    try:
+        kwargs = bind_arguments(_APP.tools[name], args)
+    except ArgumentError as exc:
+        assert str(exc)
+        return
+    assert kwargs == args

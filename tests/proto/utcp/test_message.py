@@ -311,6 +311,12 @@ def test_handshake_inputs_that_cannot_go_on_the_wire_are_refused_naming_the_fiel
     assert str(info.value).startswith(message)
 
 
+def test_spaces_and_tabs_around_a_header_value_are_dropped() -> None:
+    """' v\\t' goes out as 'v' (OWS is not part of a value; h11 refuses to send it), inner spaces stay."""
+    got = handshake_headers(_tpl(headers={"X-A": " a b\t"}, header_fields=["X-T"]), {"X-T": "\t"})
+    assert got.headers == (("X-A", "a b"), ("X-T", ""))
+
+
 def test_a_non_ascii_path_and_query_are_percent_encoded_as_aiohttp_does() -> None:
     """/tools/café?q=ü is dialled as /tools/caf%C3%A9?q=%C3%BC (UTF-8 percent-encoding, like yarl and browsers)."""
     got = handshake_headers(_tpl(url="ws://127.0.0.1:9/tools/caf\u00e9?q=\u00fc"))

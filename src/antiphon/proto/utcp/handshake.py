@@ -24,7 +24,8 @@ Decisions where UTCP is buggy or silent
   ``bearer_token``; the token request omits ``scope`` when it is None (UTCP posts the
   literal ``scope=None``) and the token remembers ``expires_in`` (UTCP caches forever).
 * **Handshake headers** are validated before anything is dialled: names are HTTP tokens,
-  values hold no CR/LF/NUL and only Latin-1 characters (what HTTP/1.1 can carry), and
+  values hold no CR/LF/NUL and only Latin-1 characters (what HTTP/1.1 can carry), lose
+  their leading and trailing spaces and tabs (not part of a value, RFC 9110), and
   none may set a header the WebSocket handshake owns (``Upgrade``, ``Sec-WebSocket-*``,
   ...). ``protocol`` must be an HTTP token too (RFC 6455 subprotocol names): CR/LF there
   would inject headers. Each failure is a :class:`TemplateError` naming the field.
@@ -84,7 +85,12 @@ class Handshake:
     subprotocols: tuple[str, ...]
 
 
-def _check_header(name: object, value: object, where: str) -> None:
+def _header_value(name: object, value: object, where: str) -> str:
+    """``value`` as it can go on the wire under ``name``; TemplateError (naming ``where``) when it cannot.
+
+    Leading and trailing spaces and tabs are not part of a header value (RFC 9110 5.5):
+    they are dropped, as every HTTP parser drops them (h11 refuses to send them).
+    """
     if not isinstance(name, str) or not _HEADER_NAME.match(name):
         raise TemplateError(f"{where}: {name!r} is not a valid HTTP header name")
     if name.lower() in _HANDSHAKE_OWNED:
@@ -101,6 +107,7 @@ def _check_header(name: object, value: object, where: str) -> None:
             f"{where}: the value of {name!r} holds characters outside Latin-1, which an HTTP header "
             f"cannot carry (percent- or base64-encode it)"
         ) from None
+    return value.strip(" \t")
 
 
 def _check_protocol(protocol: object) -> str:
@@ -158,8 +165,7 @@ def handshake_headers(
     subprotocols = (_check_protocol(template.protocol),) if template.protocol else ()
     headers: list[tuple[str, str]] = []
     for name, value in (template.headers or {}).items():
-        _check_header(name, value, "headers")
-        _set(headers, name, value)
+        _set(headers, name, _header_value(name, value, "headers"))
     auth = template.auth
     if bearer_token is not None and not isinstance(auth, OAuth2Auth):
         raise LocalProtocolError("bearer_token was given but the template's auth is not oauth2")
@@ -167,8 +173,7 @@ def handshake_headers(
         if not auth.api_key:
             raise TemplateError("auth.api_key: is empty; refusing to connect without the key")
         if auth.location == "header":
-            _check_header(auth.var_name, auth.api_key, "auth")
-            _set(headers, auth.var_name, auth.api_key)
+            _set(headers, auth.var_name, _header_value(auth.var_name, auth.api_key, "auth"))
         elif auth.location == "query":
             url = _with_query(url, auth.var_name, auth.api_key)
         else:
@@ -188,8 +193,7 @@ def handshake_headers(
     elif isinstance(auth, OAuth2Auth):
         if bearer_token is None:
             raise LocalProtocolError("the template uses oauth2: fetch a token and pass bearer_token=")
-        _check_header("Authorization", bearer_token, "oauth2 token")
-        _set(headers, "Authorization", f"Bearer {bearer_token}")
+        _set(headers, "Authorization", f"Bearer {_header_value('Authorization', bearer_token, 'oauth2 token')}")
     taken = {k.lower() for k, _ in headers}
     for name in template.header_fields or ():
         if name not in args:
@@ -198,6 +202,5 @@ def handshake_headers(
             raise TemplateError(f"header_fields: {name!r} would replace a header the template already sets")
         value = args[name]
         text = value if isinstance(value, str) else _json_text(value, name)
-        _check_header(name, text, "header_fields")
-        headers.append((name, text))
+        headers.append((name, _header_value(name, text, "header_fields")))
     return Handshake(url=check_ws_url(url), headers=tuple(headers), subprotocols=subprotocols)
