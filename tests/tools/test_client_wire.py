@@ -15,6 +15,7 @@ from antiphon.errors import (
     HandshakeError,
     HandshakeRejected,
     RemoteProtocolError,
+    ReplyTooLarge,
     ResponseFormatError,
     TemplateError,
     ToolCallError,
@@ -384,3 +385,13 @@ async def test_a_non_ascii_path_reaches_the_server_percent_encoded() -> None:
     with ws_peer() as peer:
         assert await call_tool(tpl(peer.url + "/tools/caf\u00e9"), {"x": 1}) == {"echo": '{"x": 1}'}
     assert peer.connections[0].path == "/tools/caf%C3%A9"
+
+
+async def test_a_reply_over_the_clients_limit_is_reply_too_large_and_the_client_closed_1009() -> None:
+    """A 500-byte reply to a client with max_message_size=100: ReplyTooLarge naming the limit; the peer got 1009."""
+    with ws_peer(lambda conn, frame: ["x" * 500]) as peer:
+        async with open_tool_client(max_message_size=100) as tools:
+            with pytest.raises(ReplyTooLarge, match=r"exceeded this client's max_message_size \(100 bytes\)") as info:
+                await tools.call(tpl(peer.url + "/t"), {})
+    assert info.value.code == 1009 and info.value.limit == 100
+    assert peer.connections[0].close_code == 1009

@@ -9,7 +9,12 @@ from __future__ import annotations
 import pytest
 from attrs import define
 
-from antiphon.errors import ClosedWithoutReply, ConnectionClosed, ConnectionClosedError, ReplyTooLarge
+from antiphon.errors import (
+    ClosedWithoutReply,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ReplyTooLarge,
+)
 from antiphon.proto.close import CloseCode
 from antiphon.tools.pool import ToolConnection, closed_error
 
