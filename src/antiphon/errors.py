@@ -19,12 +19,18 @@
     │   └── ConnectionClosed           the connection closed; carries ``code``, ``reason``
     │       ├── ConnectionClosedOK     ... with 1000 or 1001 (a normal end)
     │       ├── ConnectionClosedError  ... with any other code, or without a close frame (1006)
+    │       │   └── ReplyTooLarge      a reply exceeded the client's ``max_message_size`` (1009)
     │       └── ClosedWithoutReply     a tool server closed before it replied
     ├── OperationTimeout (TimeoutError)   a deadline passed (Trio's TooSlowError, translated)
     ├── StoreError                     a transcript store could not be reached, read or written
-    └── RemoteError                    the peer reported a failure in-protocol
-        ├── ChatError                  the chat gateway sent an ``error`` event
-        └── ToolCallError              a tool server sent ``tool_error``
+    ├── RemoteError                    the peer reported a failure in-protocol
+    │   ├── ChatError                  the chat gateway sent an ``error`` event
+    │   └── ToolCallError              a tool server sent ``tool_error``
+    └── ToolError                      raised *by a tool* on purpose: its text is sent to the caller
+
+    AntiphonWarning (UserWarning)      root of antiphon's warnings
+    └── TemplateWarning                a call template has keys antiphon ignores
+        └── TemplateDeprecationWarning (FutureWarning)   a deprecated key was honoured
 
 Errors split by who is at fault, as in h11 and wsproto: ``LocalProtocolError`` means
 the code calling antiphon did something wrong; ``RemoteProtocolError`` means the other
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 __all__ = [
     "AntiphonError",
+    "AntiphonWarning",
     "ChatError",
     "ClosedWithoutReply",
     "ConfigError",
@@ -53,10 +60,14 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "ReplyTooLarge",
     "ResponseFormatError",
     "StoreError",
+    "TemplateDeprecationWarning",
     "TemplateError",
+    "TemplateWarning",
     "ToolCallError",
+    "ToolError",
     "TransportError",
     "VariableNotFound",
 ]
@@ -191,6 +202,18 @@ class ClosedWithoutReply(ConnectionClosed):
     """A tool server closed the connection before it sent a reply."""
 
 
+class ReplyTooLarge(ConnectionClosedError):
+    """A reply frame was bigger than the client's ``max_message_size``; the client closed with 1009.
+
+    ``limit`` is that size in bytes (None when unknown). Raise the client's limit, or ask
+    the tool for less.
+    """
+
+    def __init__(self, code: int, reason: str | None = None, message: str | None = None, *, limit: int | None = None) -> None:
+        super().__init__(code, reason, message)
+        self.limit = limit
+
+
 class OperationTimeout(AntiphonError, TimeoutError):
     """An operation did not finish before its deadline."""
 
@@ -220,3 +243,27 @@ class ToolCallError(RemoteError):
         super().__init__(f"tool {tool!r} failed: {error}")
         self.tool = tool
         self.error = error
+
+
+class ToolError(AntiphonError):
+    """Raise it in a tool to fail the call with a message meant for the caller (FastMCP's convention).
+
+    ``str(err)`` always reaches the peer as the ``tool_error``; any other exception a tool
+    raises is reported by its type only, unless the app sets ``expose_errors``.
+    """
+
+
+class AntiphonWarning(UserWarning):
+    """Base class of every warning antiphon emits."""
+
+
+class TemplateWarning(AntiphonWarning):
+    """A call template carries keys antiphon does not use; the message names them."""
+
+
+class TemplateDeprecationWarning(TemplateWarning, FutureWarning):
+    """A call template uses a deprecated key that antiphon still honours; the message says what to write instead.
+
+    A ``FutureWarning``, so it is shown by default: templates are written by users, not
+    only by the code that loads them.
+    """

@@ -15,6 +15,7 @@ import h11
 import trio
 import trio.testing
 from attrs import define, field
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.server import ServerConnection, serve
 
 from antiphon.engine.connect import open_client_websocket
@@ -161,6 +162,8 @@ class WsPeer:
                         conn.close()
                         return
                     conn.send(out)
+        except ConnectionClosedError:
+            pass  # the client closed with an error code (a 1009, say): recorded below
         finally:
             received = conn.protocol.close_rcvd
             rec.close_code = received.code if received is not None else None

@@ -15,6 +15,7 @@ from antiphon.errors import (
     HandshakeError,
     HandshakeRejected,
     RemoteProtocolError,
+    ReplyTooLarge,
     ResponseFormatError,
     TemplateError,
     ToolCallError,
@@ -33,7 +34,7 @@ from antiphon.tools import (
 from tests.tools.conftest import CLOSE, PeerConnection, token_endpoint, ws_peer
 
 
-def tpl(url: str, **kwargs: Any) -> WebSocketCallTemplate:
+def tpl(url: str = "ws://127.0.0.1/t", **kwargs: Any) -> WebSocketCallTemplate:
     return WebSocketCallTemplate(**{"name": "t", "url": url, "response_format": "json", **kwargs})
 
 
@@ -348,3 +349,49 @@ async def test_variables_fill_the_template_and_the_url_is_rechecked() -> None:
             await tools.call(WebSocketCallTemplate(name="t", url="ws://127.0.0.1:${PORT}/x"), {})
         with pytest.raises(VariableNotFound, match="MISSING"):
             await tools.call(WebSocketCallTemplate(name="t", url="ws://127.0.0.1/${MISSING}"), {})
+
+
+# --- issue 10 #10: nothing untranslated escapes, and nothing bad is dialled --------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"protocol": "utcp-v1\r\nX-Injected: 1"}, "protocol"),
+        ({"protocol": "two words"}, "protocol"),
+        ({"headers": {"X-Name": "Zo\u00eb \u2603"}}, "headers"),
+        ({"auth": ApiKeyAuth(api_key="\u20ac-key")}, "auth"),
+        ({"url": "wss://b\u00fccher.example/ws"}, "url"),
+    ],
+)
+async def test_handshake_inputs_that_cannot_go_on_the_wire_raise_template_error_before_dialling(
+    kwargs: dict[str, Any], field: str
+) -> None:
+    """CR/LF or spaces in protocol, non-Latin-1 header values, a non-ASCII host: TemplateError naming the field, no dial."""
+    dialled: list[Any] = []
+
+    def opener(*args: Any) -> Any:
+        dialled.append(args)
+        raise AssertionError("nothing may be dialled")
+
+    async with open_tool_client(opener=opener) as tools:
+        with pytest.raises(TemplateError, match=f"^{field}: "):
+            await tools.call(tpl(**{"url": "ws://127.0.0.1:9/tools/t", **kwargs}), {})
+    assert dialled == []
+
+
+async def test_a_non_ascii_path_reaches_the_server_percent_encoded() -> None:
+    """/tools/café is dialled as /tools/caf%C3%A9 (as aiohttp does), not a UnicodeEncodeError from h11."""
+    with ws_peer() as peer:
+        assert await call_tool(tpl(peer.url + "/tools/caf\u00e9"), {"x": 1}) == {"echo": '{"x": 1}'}
+    assert peer.connections[0].path == "/tools/caf%C3%A9"
+
+
+async def test_a_reply_over_the_clients_limit_is_reply_too_large_and_the_client_closed_1009() -> None:
+    """A 500-byte reply to a client with max_message_size=100: ReplyTooLarge naming the limit; the peer got 1009."""
+    with ws_peer(lambda conn, frame: ["x" * 500]) as peer:
+        async with open_tool_client(max_message_size=100) as tools:
+            with pytest.raises(ReplyTooLarge, match=r"exceeded this client's max_message_size \(100 bytes\)") as info:
+                await tools.call(tpl(peer.url + "/t"), {})
+    assert info.value.code == 1009 and info.value.limit == 100
+    assert peer.connections[0].close_code == 1009

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from typing import Any, Literal
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto.events import AcceptConnection, RejectConnection
 
-from antiphon.engine.server import ServerConfig
+from antiphon.engine.server import HandshakeRequest, ServerConfig
 from antiphon.errors import ConfigError, HandshakeRejected, ToolCallError
+from antiphon.proto.utcp.message import DISCOVERY_REQUEST
 from antiphon.tools import (
     ApiKeyAuth,
     BasicAuth,
@@ -23,6 +27,7 @@ from antiphon.tools import (
     call_tool_streaming,
     open_tool_client,
 )
+from antiphon.tools.schema import ArgumentError, bind_arguments
 from tests.helpers import RawClient
 from tests.tools.conftest import API_KEY, demo_app, tcp_tools
 
@@ -261,3 +266,104 @@ async def test_too_many_queued_calls_close_the_connection(autojump_clock: Any) -
         close = await client.expect_close()
         assert close.code == 1008 and close.reason == "too many calls queued"
         nursery.cancel_scope.cancel()
+
+
+# --- where the manual points (issue 12: never ws://0.0.0.0) -------------------------------
+
+
+def _request(host: str | None, remote: str = "127.0.0.1:5") -> HandshakeRequest:
+    headers = ((b"host", host.encode()),) if host is not None else ()
+    return HandshakeRequest(target="/utcp", headers=headers, subprotocols=(), remote=remote)
+
+
+@pytest.mark.parametrize(
+    ("host", "base"),
+    [
+        ("127.0.0.1:8765", "ws://127.0.0.1:8765"),
+        ("localhost:9", "ws://localhost:9"),
+        ("[::1]:8765", "ws://[::1]:8765"),
+        ("0.0.0.0:8765", "ws://127.0.0.1:8765"),
+        ("[::]:8765", "ws://[::1]:8765"),
+        ("evil.example/x?y", "ws://127.0.0.1:8765"),  # not a host[:port]: the listener's address instead
+        (None, "ws://127.0.0.1:8765"),
+        ("192.168.1.5:8765", None),  # plain ws:// to a remote host: no URL a UTCP client accepts
+    ],
+)
+def test_the_manual_points_back_at_the_host_header_and_never_at_a_wildcard(
+    host: str | None, base: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loopback Host header decides the manual's URLs; 0.0.0.0 and :: (Host or listener) become loopback."""
+    server = ToolServer(demo_app(), ServerConfig(port=0))
+    monkeypatch.setattr(ToolServer, "url", property(lambda self: "ws://0.0.0.0:8765"))  # bound to every interface
+    assert server.manual_url(_request(host)) == base
+    public = ToolServer(demo_app(public_url="wss://tools.example.com"), ServerConfig(port=0))
+    assert public.manual_url(_request(host)) == "wss://tools.example.com"
+
+
+@pytest.mark.parametrize(
+    ("remote", "base"),
+    [
+        ("127.0.0.1:5", "ws://127.0.0.1:8765"),
+        ("[::1]:5", "ws://127.0.0.1:8765"),
+        ("?", "ws://127.0.0.1:8765"),  # no address (a memory stream): taken as local
+        ("192.168.1.5:5", None),
+        ("[2001:db8::1]:5", None),
+    ],
+)
+def test_without_a_host_header_only_a_client_on_this_machine_gets_the_listener_address(
+    remote: str, base: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Host: a loopback (or unknown) peer gets the listener's address; a peer on another machine gets None."""
+    server = ToolServer(demo_app(), ServerConfig(port=0))
+    monkeypatch.setattr(ToolServer, "url", property(lambda self: "ws://0.0.0.0:8765"))
+    assert server.manual_url(_request(None, remote)) == base
+
+
+async def test_a_client_the_manual_cannot_point_back_at_is_told_to_set_public_url(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: Any
+) -> None:
+    """When no usable URL exists, discovery answers a tool_error naming public_url instead of a manual."""
+    server = ToolServer(demo_app(), ServerConfig(port=0))
+    monkeypatch.setattr(server, "manual_url", lambda request: None)
+    async with trio.open_nursery() as nursery:
+        client = RawClient(_served(nursery, server))
+        assert isinstance(await client.handshake("/utcp"), AcceptConnection)
+        await client.send_text(DISCOVERY_REQUEST)
+        reply = await client.receive_json()
+        nursery.cancel_scope.cancel()
+    assert reply["type"] == "tool_error" and "set public_url" in reply["error"]
+
+
+def test_binding_beyond_loopback_without_public_url_or_auth_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """--host 0.0.0.0 without public_url, or without auth, logs a warning at start; loopback never does."""
+    key = ApiKeyAuth(api_key=API_KEY)
+    with caplog.at_level(logging.WARNING, logger="antiphon.tools.server"):
+        ToolServer(demo_app(), ServerConfig(host="127.0.0.1", port=0))
+        ToolServer(demo_app(public_url="wss://t.example", auth=key), ServerConfig(host="0.0.0.0", port=0))
+        assert not caplog.records
+        ToolServer(demo_app(auth=key), ServerConfig(host="0.0.0.0", port=0))
+        ToolServer(demo_app(public_url="wss://t.example"), ServerConfig(host="::", port=0))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("tool server bound to 0.0.0.0 without public_url:")
+    assert messages[1] == "tool server bound to :: without auth: anyone who reaches it can call every tool"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=10,
+)
+_APP = demo_app()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_APP.tools)), _json | st.dictionaries(st.sampled_from(["a", "b", "text", "n", "x"]), _json))
+def test_any_json_arguments_bind_or_raise_argument_error(name: str, args: Any) -> None:
+    """The server's argument check turns any decoded JSON into kwargs or an ArgumentError (sent as tool_error)."""
+    try:
+        kwargs = bind_arguments(_APP.tools[name], args)
+    except ArgumentError as exc:
+        assert str(exc)
+        return
+    assert kwargs == args

@@ -15,7 +15,7 @@ import trio
 from wsproto.events import AcceptConnection
 
 from antiphon.engine.server import ServerConfig
-from antiphon.errors import OperationTimeout
+from antiphon.errors import OperationTimeout, ReplyTooLarge, ToolCallError
 from antiphon.proto.utcp.message import Handshake
 from antiphon.tools import (
     ToolClient,
@@ -130,3 +130,56 @@ async def test_server_answers_calls_on_one_connection_in_order(autojump_clock: A
         assert await client.receive_json() == "b"
         assert trio.current_time() - t0 == 4
         nursery.cancel_scope.cancel()
+
+
+# --- issue 10 #12: a plain call on a streaming tool ------------------------------------------
+
+
+async def test_plain_call_then_stream_on_one_pooled_connection_reads_only_their_own_frames(autojump_clock: Any) -> None:
+    """call() on a streaming tool collects the whole stream; the next call_streaming on the same socket gets its own."""
+    async with memory_tools() as (tools, server, opened):
+        assert await tools.call(tool("count"), {"n": 3, "gap_s": 1}) == [{"i": 0}, {"i": 1}, {"i": 2}]
+        async with tools.call_streaming(tool("count"), {"n": 2}) as results:
+            assert [r async for r in results] == [{"i": 0}, {"i": 1}]
+        assert await tools.call(tool("count"), {"n": 1}) == [{"i": 0}]
+        assert len(opened) == 1  # one connection throughout: nothing was left unread on it
+
+
+async def test_stream_then_plain_call_on_one_pooled_connection_reads_only_their_own_frames(autojump_clock: Any) -> None:
+    """call_streaming, then call() on the same streaming tool and socket: each call gets its own results."""
+    async with memory_tools() as (tools, server, opened):
+        async with tools.call_streaming(tool("count"), {"n": 2, "gap_s": 1}) as results:
+            assert [r async for r in results] == [{"i": 0}, {"i": 1}]
+        assert await tools.call(tool("count"), {"n": 3}) == [{"i": 0}, {"i": 1}, {"i": 2}]
+        async with tools.call_streaming(tool("count"), {"n": 1}) as results:
+            assert [r async for r in results] == [{"i": 0}]
+        assert len(opened) == 1
+
+
+async def test_collecting_a_stream_bigger_than_max_message_size_raises_and_burns_the_connection(autojump_clock: Any) -> None:
+    """call() stops collecting past max_message_size bytes: ReplyTooLarge naming call_streaming, then a fresh socket."""
+    server = ToolServer(demo_app(), ServerConfig(port=0))
+    opened: list[Handshake] = []
+    async with trio.open_nursery() as nursery:
+        async with open_tool_client(opener=memory_opener(server, nursery, opened), max_message_size=150) as tools:
+            with pytest.raises(ReplyTooLarge, match="exceeded this client's max_message_size \\(150 bytes\\).*call_streaming"):
+                await tools.call(tool("count"), {"n": 50})
+            assert await tools.call(tool("count"), {"n": 2}) == [{"i": 0}, {"i": 1}]
+            assert len(opened) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_call_results_yields_a_plain_reply_once_and_a_stream_item_by_item(autojump_clock: Any) -> None:
+    """call_results: one result for a plain tool (no wait for more), each item of a stream as it arrives."""
+    async with memory_tools() as (tools, server, opened):
+        t0 = trio.current_time()
+        async with tools.call_results(tool("echo"), {"text": "a"}) as results:
+            assert [r async for r in results] == [{"echo": "a"}]
+        assert trio.current_time() == t0  # ended at the plain reply, did not wait out the timeout
+        async with tools.call_results(tool("count"), {"n": 3, "gap_s": 2}) as results:
+            got = [(r, trio.current_time() - t0) async for r in results]
+        assert got == [({"i": 0}, 0), ({"i": 1}, 2), ({"i": 2}, 4)]
+        with pytest.raises(ToolCallError, match="bad arguments"):
+            async with tools.call_results(tool("count"), {"n": "x"}) as results:
+                [r async for r in results]
+        assert len(opened) == 2  # echo and count: each connection reused, none burnt

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,27 @@ async def test_real_utcp_client_without_the_api_key_is_refused() -> None:
     assert "401" in str(info.value)
     assert server.handshakes and server.handshakes[0].header("X-Api-Key") == "wrong"
 
+
+
+def _readme_utcp_snippet() -> str:
+    """The first python block of the README's "UTCP users" section, as written."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### UTCP users") :]
+    return section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+async def test_the_readme_snippet_for_utcp_users_registers_and_calls_antiphon_tools(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's UTCP-users snippet, run against the real utcp 1.2.0 client, calls add and streams count."""
+    snippet = _readme_utcp_snippet()
+    assert 'TOOLS_URL = "ws://127.0.0.1:8765"' in snippet
+    monkeypatch.setenv("ANTIPHON_TOOLS_SECRET", API_KEY)
+    app = demo_app(auth=ApiKeyAuth(api_key=API_KEY))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(ToolServer(app, ServerConfig(port=0)).run)
+        code = snippet.replace('"ws://127.0.0.1:8765"', repr(server.url))
+        await trio.to_thread.run_sync(lambda: exec(compile(code, "README.md", "exec"), {"__name__": "readme"}))
+        await server.shutdown(1)
+    assert capsys.readouterr().out.splitlines() == ["5", "{'i': 0}", "{'i': 1}", "{'i': 2}"]

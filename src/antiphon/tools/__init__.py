@@ -5,12 +5,14 @@
   per handshake; :func:`call_tool`, :func:`call_tool_streaming` and :func:`register_manual`
   do one operation on a connection of their own.
 * :class:`ToolApp` + :func:`serve_tools` / :class:`ToolServer` - serve plain Python functions
-  as tools, one path per tool (``/tools/<name>``), the manual at ``/utcp``.
+  as tools, one path per tool (``/tools/<name>``), the manual at ``/utcp``. A tool raises
+  :class:`ToolError` to fail with a message meant for its caller.
 
 The data model (:class:`WebSocketCallTemplate` and friends) is re-exported from the sans-IO
 :mod:`antiphon.proto.utcp.templates`.
 """
 
+from antiphon.errors import ToolError
 from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
     BasicAuth,
@@ -19,6 +21,7 @@ from antiphon.proto.utcp.templates import (
     UtcpManual,
     WebSocketCallTemplate,
 )
+from antiphon.tools.app import ToolApp
 from antiphon.tools.client import (
     ToolClient,
     call_tool,
@@ -28,7 +31,7 @@ from antiphon.tools.client import (
 )
 from antiphon.tools.oauth import TokenCache, fetch_oauth2_token
 from antiphon.tools.schema import ToolSpec
-from antiphon.tools.server import ToolApp, ToolServer, serve_tools
+from antiphon.tools.server import ToolServer, serve_tools
 
 __all__ = [
     "ApiKeyAuth",
@@ -38,6 +41,7 @@ __all__ = [
     "Tool",
     "ToolApp",
     "ToolClient",
+    "ToolError",
     "ToolServer",
     "ToolSpec",
     "UtcpManual",

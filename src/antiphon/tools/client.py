@@ -7,6 +7,9 @@
         async with tools.call_streaming(template, {"n": 3}) as results:
             async for item in results:
                 ...
+        async with tools.call_results(template, {"n": 3}) as results:   # plain or streaming
+            async for item in results:
+                ...
         manual = await tools.register_manual(manual_template)     # {"type": "utcp"}
         await tools.call("my_manual.echo", {"text": "hi"})       # a discovered tool by name
 
@@ -32,6 +35,8 @@ Errors, all antiphon's (:mod:`antiphon.errors`):
 * :class:`OperationTimeout` - no reply (or next stream frame, token, handshake) in time;
 * :class:`ClosedWithoutReply` - the server closed before replying (``code``, ``reason``);
 * :class:`ConnectionClosed` - a stream was cut by a close other than 1000/1001;
+* :class:`ReplyTooLarge` - a reply frame (or everything :meth:`ToolClient.call` collected
+  of a stream) was over the client's ``max_message_size``;
 * :class:`HandshakeRejected` - the upgrade got an HTTP status (``status_code``), 3xx included;
 * :class:`HandshakeError` - cannot connect, or the OAuth2 token endpoint failed;
 * :class:`ToolCallError` - the server answered ``{"type": "tool_error", "error": ...}``;
@@ -43,6 +48,11 @@ Errors, all antiphon's (:mod:`antiphon.errors`):
 A plain call's reply that is a ``tool_error`` object raises :class:`ToolCallError` when the
 template's ``response_format`` is ``json`` or unset; the released plugin returns it as a
 result. With ``text``/``raw`` the caller asked for the frame as it is, and gets it.
+
+A plain :meth:`ToolClient.call` on a tool that streams reads the *whole* stream and
+returns its results as a list (the released plugin returns the first raw
+``tool_response`` frame and leaves the rest on the socket for the next call to read).
+Every call therefore leaves its connection with nothing unread, in any order of calls.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 
@@ -60,8 +70,8 @@ import trio
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.session import SessionConfig
 from antiphon.errors import (
-    ConnectionClosed,
     LocalProtocolError,
+    ReplyTooLarge,
     ToolCallError,
 )
 from antiphon.proto.close import CloseCode
@@ -84,14 +94,15 @@ from antiphon.proto.utcp.templates import (
     Tool,
     UtcpManual,
     WebSocketCallTemplate,
-    substitute_variables,
 )
 from antiphon.proto.utcp.urls import check_ws_url
+from antiphon.proto.utcp.variables import substitute_variables
 from antiphon.tools.oauth import TokenCache
 from antiphon.tools.pool import (
     Opener,
     ToolConnection,
     ToolPool,
+    closed_error,
     open_handshake,
     run_connection,
 )
@@ -115,6 +126,11 @@ _NORMAL_CLOSES: Final = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 _NON_WORD: Final = re.compile(r"[^\w]")
 
 ToolRef = WebSocketCallTemplate | Tool | str
+
+
+def _starts_stream(frame: str | bytes) -> bool:
+    """True when a reply's first frame is a stream envelope (``tool_response`` or ``stream_end``)."""
+    return isinstance(interpret_stream_frame(frame), (StreamResult, StreamEnd))
 
 
 def _call_error(template: WebSocketCallTemplate, frame: str | bytes) -> None:
@@ -159,8 +175,12 @@ class ToolClient:
     async def call(self, tool: ToolRef, args: Mapping[str, Any] | None = None) -> Any:
         """Call ``tool`` (a template, a :class:`Tool`, or a registered ``"manual.tool"`` name) with ``args``.
 
-        Returns the first reply frame parsed per ``response_format``. Raises what the
-        module docstring lists.
+        Returns the reply frame parsed per ``response_format``. When the reply is a stream
+        (its first frame a ``tool_response`` or ``stream_end``), the results are collected
+        up to ``stream_end`` and returned as a list, at most ``max_message_size`` bytes of
+        frames in all (past that :class:`ReplyTooLarge`, naming :meth:`call_streaming`);
+        the connection is then as clean as after any call. Raises what the module
+        docstring lists.
         """
         template = self._template(tool)
         args = dict(args or {})
@@ -172,9 +192,37 @@ class ToolClient:
             await conn.send(message)
             frame = await conn.receive(template.timeout, what)
             assert frame is not None
+            if _starts_stream(frame):
+                stream = self._stream(conn, template, what, first=frame, max_bytes=self._max_message_size)
+                async with aclosing(stream) as results:
+                    return [item async for item in results]
             conn.end()
         _call_error(template, frame)
         return parse_response(frame, template.response_format)
+
+    @asynccontextmanager
+    async def call_results(
+        self, tool: ToolRef, args: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """Call ``tool`` and iterate over its results as they arrive, whether it streams or not.
+
+        The first frame decides: a ``tool_response``/``stream_end`` envelope starts a stream,
+        read as :meth:`call_streaming` reads it; anything else is a plain reply, the one
+        result (as :meth:`call` parses it). This is how antiphon's tool server answers, and
+        what ``antiphon tools call`` uses. For a server that streams bare frames without
+        envelopes, use :meth:`call_streaming`. Leaving the block early discards a pooled
+        connection.
+        """
+        template = self._template(tool)
+        args = dict(args or {})
+        message = format_message(template, args)
+        handshake = await self._handshake(template, args)
+        what = f"tool {template.name!r}"
+        async with self._lease(template, handshake) as conn:
+            conn.begin()
+            await conn.send(message)
+            async with aclosing(self._results(conn, template, what)) as results:
+                yield results
 
     @asynccontextmanager
     async def call_streaming(self, tool: ToolRef, args: Mapping[str, Any] | None = None) -> AsyncIterator[AsyncIterator[Any]]:
@@ -279,7 +327,7 @@ class ToolClient:
     @asynccontextmanager
     async def _fresh(self, template: WebSocketCallTemplate, handshake: Handshake) -> AsyncIterator[ToolConnection]:
         """A connection for one operation (no heartbeat), closed with 1000 afterwards."""
-        conn = ToolConnection(handshake.url.partition("?")[0])
+        conn = ToolConnection(handshake.url.partition("?")[0], self._max_message_size)
         async with open_nursery_unwrapped() as nursery:
             await nursery.start(
                 lambda task_status: run_connection(
@@ -297,18 +345,57 @@ class ToolClient:
             finally:
                 conn.discard("call complete")
 
-    async def _stream(self, conn: ToolConnection, template: WebSocketCallTemplate, what: str) -> AsyncIterator[Any]:
+    async def _results(
+        self, conn: ToolConnection, template: WebSocketCallTemplate, what: str
+    ) -> AsyncGenerator[Any, None]:
+        frame = await conn.receive(template.timeout, what)
+        assert frame is not None
+        if _starts_stream(frame):
+            async with aclosing(self._stream(conn, template, what, first=frame)) as results:
+                async for item in results:
+                    yield item
+            return
+        conn.end()
+        _call_error(template, frame)
+        yield parse_response(frame, template.response_format)
+
+    async def _stream(
+        self,
+        conn: ToolConnection,
+        template: WebSocketCallTemplate,
+        what: str,
+        *,
+        first: str | bytes | None = None,
+        max_bytes: int | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """The results of a stream whose first frame may already have been read; ``max_bytes`` bounds them all."""
         got_frame = False
+        total = 0
         while True:
-            frame = await conn.receive(template.timeout, what, replied=got_frame)
+            if first is not None:
+                frame: str | bytes | None = first
+                first = None
+            else:
+                frame = await conn.receive(template.timeout, what, replied=got_frame)
             if frame is None:
                 session = conn.session
                 code = session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
                 conn.end()
                 if code in _NORMAL_CLOSES:
                     return
-                raise ConnectionClosed(code, session.close_reason if session else None)
+                raise closed_error(session, what, limit=conn.max_message_size, replied=True)
             got_frame = True
+            if max_bytes is not None:
+                total += len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+                if total > max_bytes:
+                    conn.discard("streamed reply too big", CloseCode.MESSAGE_TOO_BIG)
+                    raise ReplyTooLarge(
+                        CloseCode.MESSAGE_TOO_BIG,
+                        "streamed reply too big",
+                        f"{what}: the streamed reply exceeded this client's max_message_size ({max_bytes} bytes) "
+                        f"before stream_end; use call_streaming to take it item by item",
+                        limit=max_bytes,
+                    )
             event = interpret_stream_frame(frame)
             if isinstance(event, StreamResult):
                 yield event.value

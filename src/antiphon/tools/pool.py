@@ -43,7 +43,13 @@ import trio
 from antiphon.engine.connect import open_client_websocket
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
 from antiphon.engine.wire import WebSocketWire
-from antiphon.errors import ClosedWithoutReply, ConnectionClosed, OperationTimeout
+from antiphon.errors import (
+    ClosedWithoutReply,
+    ConnectionClosed,
+    OperationTimeout,
+    ReplyTooLarge,
+    connection_closed,
+)
 from antiphon.proto.close import CloseCode
 from antiphon.proto.utcp.message import Handshake
 
@@ -54,6 +60,7 @@ __all__ = [
     "PoolEntry",
     "ToolConnection",
     "ToolPool",
+    "closed_error",
     "open_handshake",
 ]
 
@@ -90,11 +97,44 @@ def open_handshake(
     )
 
 
-class ToolConnection(SessionHandler):
-    """One WebSocket to a tool server; the engine's receive task feeds :meth:`on_message`."""
+def closed_error(session: Session | None, what: str, *, limit: int | None, replied: bool = False) -> ConnectionClosed:
+    """The error for a connection that closed while a call still expected frames.
 
-    def __init__(self, url: str) -> None:
+    A 1009 that *this* client sent (``closed_by_peer`` false) means a reply frame was
+    over our ``max_message_size``: :class:`ReplyTooLarge`, saying so. Any other close is
+    :class:`ClosedWithoutReply` before the first frame (``replied`` false), else
+    :class:`ConnectionClosed`.
+    """
+    code = session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
+    reason = session.close_reason if session is not None else None
+    by_peer = session.closed_by_peer if session is not None else True
+    size = f" ({limit} bytes)" if limit is not None else ""
+    if code == CloseCode.MESSAGE_TOO_BIG and not by_peer:
+        return ReplyTooLarge(
+            code,
+            reason,
+            f"{what}: a reply frame exceeded this client's max_message_size{size}; raise max_message_size "
+            f"or ask the tool for less",
+            limit=limit,
+        )
+    if code == CloseCode.MESSAGE_TOO_BIG:
+        text = f"{what}: the server closed the connection with 1009 (message too big): the call's message exceeded its limit"
+    elif replied:
+        text = f"{what}: the connection closed with code {code}" + (f" ({reason})" if reason else "")
+    else:
+        text = f"{what}: the server closed the connection ({code}) without replying"
+    return connection_closed(code, reason, text) if replied else ClosedWithoutReply(code, reason, text)
+
+
+class ToolConnection(SessionHandler):
+    """One WebSocket to a tool server; the engine's receive task feeds :meth:`on_message`.
+
+    ``max_message_size`` is only named in errors (the opener enforces it).
+    """
+
+    def __init__(self, url: str, max_message_size: int | None = None) -> None:
         self.url = url
+        self.max_message_size = max_message_size
         self.session: Session | None = None
         self._generation = 0
         self._active = False
@@ -151,22 +191,19 @@ class ToolConnection(SessionHandler):
     ) -> str | bytes | None:
         """The next frame of the current call within ``timeout_s``; None when the peer closed after ``replied``.
 
-        Raises :class:`OperationTimeout` (naming ``budget_s``, default ``timeout_s``) and
-        :class:`ClosedWithoutReply` (the peer closed before this call got any frame).
+        Raises :class:`OperationTimeout` (naming ``budget_s``, default ``timeout_s``),
+        :class:`ReplyTooLarge` (this client closed 1009) and :class:`ClosedWithoutReply`
+        (the connection closed before this call got any frame); see :func:`closed_error`.
         """
         generation = self._generation
         with trio.move_on_after(timeout_s) as scope:
             while True:
                 if not self._frames:
                     if self._ended:
-                        session = self.session
-                        code = session.close_code if session and session.close_code is not None else CloseCode.ABNORMAL
-                        reason = session.close_reason if session else None
-                        if replied:
+                        error = closed_error(self.session, what, limit=self.max_message_size)
+                        if replied and not isinstance(error, ReplyTooLarge):
                             return None
-                        raise ClosedWithoutReply(
-                            code, reason, f"{what}: the server closed the connection ({code}) without replying"
-                        )
+                        raise error
                     await self._arrived.park()
                     continue
                 tag, frame = self._frames.popleft()
@@ -177,11 +214,11 @@ class ToolConnection(SessionHandler):
         assert scope.cancelled_caught
         raise OperationTimeout(f"{what}: no reply within {timeout_s if budget_s is None else budget_s:g} s")
 
-    def discard(self, reason: str) -> None:
-        """Close the connection (1000, ``reason``); whatever is still on its way is never read."""
+    def discard(self, reason: str, code: CloseCode = CloseCode.NORMAL) -> None:
+        """Close the connection (``code``, ``reason``); whatever is still on its way is never read."""
         self._active = False
         if self.session is not None:
-            self.session.close(CloseCode.NORMAL, reason)
+            self.session.close(code, reason)
 
 
 async def run_connection(
@@ -246,7 +283,7 @@ class ToolPool:
         """The entry's live connection, dialled now if it has none; call with ``entry.lock`` held."""
         if entry.connection is not None and entry.connection.usable:
             return entry.connection
-        conn = ToolConnection(handshake.url.partition("?")[0])
+        conn = ToolConnection(handshake.url.partition("?")[0], self._max_message_size)
         await self._nursery.start(
             _run_pooled,
             conn,

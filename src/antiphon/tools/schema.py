@@ -63,6 +63,8 @@ class ToolSpec:
     tags: tuple[str, ...]
     signature: inspect.Signature
     hints: Mapping[str, Any]
+    timeout_s: float | None = None
+    """This tool's call timeout (``math.inf``: none); None takes the app's ``call_timeout_s``."""
 
 
 def _is_union(origin: Any) -> bool:
@@ -167,7 +169,7 @@ def _description(fn: Callable[..., Any]) -> str:
 
 
 def _kind(fn: Callable[..., Any]) -> ToolKind:
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
     if inspect.isasyncgenfunction(target):
         return "stream"
     if inspect.iscoroutinefunction(target):

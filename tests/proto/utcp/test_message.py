@@ -284,6 +284,58 @@ def test_unusable_headers_are_refused(template: WebSocketCallTemplate, args: dic
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize(
+    ("template", "args", "message"),
+    [
+        (_tpl(protocol="utcp-v1\r\nX-Evil: 1"), {}, "protocol: 'utcp-v1\\r\\nX-Evil: 1' is not a valid WebSocket subprotocol name"),
+        (_tpl(protocol="a b"), {}, "protocol: 'a b' is not a valid WebSocket subprotocol name"),
+        (_tpl(protocol="a,b"), {}, "protocol: 'a,b' is not a valid WebSocket subprotocol name"),
+        (_tpl(protocol="v\u00e9"), {}, "protocol: 'vé' is not a valid WebSocket subprotocol name"),
+        (_tpl(headers={"X-A": "snow \u2603"}), {}, "headers: the value of 'X-A' holds characters outside Latin-1"),
+        (_tpl(auth=ApiKeyAuth(api_key="k\u20ac")), {}, "auth: the value of 'X-Api-Key' holds characters outside Latin-1"),
+        (_tpl(header_fields=["X-T"]), {"X-T": "\u4e2d"}, "header_fields: the value of 'X-T' holds characters outside Latin-1"),
+        (_tpl(auth=ApiKeyAuth(api_key="k\u00e9", var_name="sid", location="cookie")), {},
+         "auth: cookie name or api_key holds characters a cookie cannot carry"),
+        (_tpl(auth=BasicAuth("u", "p\udc80")), {}, "auth: username or password is not valid Unicode text"),
+        (_tpl(auth=ApiKeyAuth(api_key="k\udc80", location="query")), {}, "auth: var_name or api_key is not valid Unicode"),
+        (_tpl(url="wss://b\u00fccher.example/ws"), {}, "url: the host of 'wss://bücher.example/ws' is not ASCII; write its punycode"),
+        (_tpl(url="wss://h.example/\udc80"), {}, "url: holds characters that are not valid Unicode text"),
+    ],
+)  # fmt: skip
+def test_handshake_inputs_that_cannot_go_on_the_wire_are_refused_naming_the_field(
+    template: WebSocketCallTemplate, args: dict[str, Any], message: str
+) -> None:
+    """CR/LF or non-tokens in protocol, non-Latin-1 header values, non-ASCII hosts: TemplateError before any dial."""
+    with pytest.raises(TemplateError) as info:
+        handshake_headers(template, args)
+    assert str(info.value).startswith(message)
+
+
+def test_spaces_and_tabs_around_a_header_value_are_dropped() -> None:
+    """' v\\t' goes out as 'v' (OWS is not part of a value; h11 refuses to send it), inner spaces stay."""
+    got = handshake_headers(_tpl(headers={"X-A": " a b\t"}, header_fields=["X-T"]), {"X-T": "\t"})
+    assert got.headers == (("X-A", "a b"), ("X-T", ""))
+
+
+def test_a_non_ascii_path_and_query_are_percent_encoded_as_aiohttp_does() -> None:
+    """/tools/café?q=ü is dialled as /tools/caf%C3%A9?q=%C3%BC (UTF-8 percent-encoding, like yarl and browsers)."""
+    got = handshake_headers(_tpl(url="ws://127.0.0.1:9/tools/caf\u00e9?q=\u00fc"))
+    assert got.url == "ws://127.0.0.1:9/tools/caf%C3%A9?q=%C3%BC"
+
+
+def test_a_message_with_a_lone_surrogate_or_too_deep_is_refused() -> None:
+    """Text no frame can carry, and nesting json cannot serialise, are LocalProtocolError, not UnicodeError/RecursionError."""
+    with pytest.raises(LocalProtocolError, match="not valid Unicode"):
+        format_message(_tpl(message="say UTCP_ARG_t_UTCP_ARG"), {"t": "\udc80"})
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(LocalProtocolError, match="nested too deeply"):
+        format_message(_tpl(), {"x": deep})
+    with pytest.raises(LocalProtocolError, match="nested too deeply"):
+        format_message(_tpl(message={"x": "UTCP_ARG_x_UTCP_ARG"}), {"x": deep})
+
+
 def test_handshake_rechecks_the_url() -> None:
     """A template whose URL bypassed validation is still refused when the handshake is built."""
     tpl = _tpl()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytest
@@ -13,7 +14,15 @@ from utcp.data.utcp_manual import UtcpManualSerializer
 from utcp_websocket import WebSocketCallTemplate as UtcpWebSocketCallTemplate
 from utcp_websocket import WebSocketCallTemplateSerializer
 
-from antiphon.errors import ConfigError, DecodeError, TemplateError, VariableNotFound
+from antiphon.errors import (
+    ConfigError,
+    DecodeError,
+    TemplateDeprecationWarning,
+    TemplateError,
+    TemplateWarning,
+    VariableNotFound,
+)
+from antiphon.proto.utcp.message import format_message
 from antiphon.proto.utcp.templates import (
     ApiKeyAuth,
     BasicAuth,
@@ -29,8 +38,8 @@ from antiphon.proto.utcp.templates import (
     encode_tool,
     loads_call_template,
     loads_manual,
-    substitute_variables,
 )
+from antiphon.proto.utcp.variables import substitute_variables
 
 FULL: dict[str, Any] = {
     "name": "full",
@@ -133,10 +142,75 @@ def test_fractional_timeout_is_kept_and_integral_float_encodes_as_int() -> None:
     assert type(encode_call_template(WebSocketCallTemplate(url="wss://h/ws", timeout=60.0))["timeout"]) is int
 
 
-def test_unknown_keys_are_ignored() -> None:
-    """Keys UTCP never implemented (request_data_format) are dropped, as pydantic drops them."""
-    got = decode_call_template({"url": "wss://h/ws", "name": "n", "request_data_format": "text", "x": 1})
+def test_unknown_keys_are_ignored_with_a_warning_naming_them() -> None:
+    """Unknown keys are dropped as pydantic drops them, but a TemplateWarning names each one."""
+    with pytest.warns(TemplateWarning, match=r"call template 'n': unknown keys ignored: 'x', 'yy'$") as caught:
+        got = decode_call_template({"url": "wss://h/ws", "name": "n", "yy": 2, "x": 1})
     assert got == WebSocketCallTemplate(url="wss://h/ws", name="n")
+    assert [type(w.message) for w in caught] == [TemplateWarning]
+
+
+def test_unknown_keys_in_a_manual_warn_per_template() -> None:
+    """A manual's tool templates are checked too: the warning names the template and the key."""
+    doc = {"tools": [{"name": "t", "tool_call_template": {"url": "wss://h/ws", "name": "echo", "retries": 3}}]}
+    with pytest.warns(TemplateWarning, match=r"call template 'echo': unknown key ignored: 'retries'"):
+        decode_manual(doc)
+
+
+def test_unknown_key_warnings_stay_short_whatever_the_peer_sends() -> None:
+    """A remote manual's 500 keys of 10 kB each give a warning of a few hundred characters, not 5 MB."""
+    doc: dict[str, Any] = {"url": "wss://h/ws", "name": "n" * 10_000}
+    doc.update({f"{i:03d}" + "k" * 10_000: i for i in range(500)})
+    with pytest.warns(TemplateWarning) as caught:
+        decode_call_template(doc)
+    (warning,) = caught
+    text = str(warning.message)
+    assert len(text) < 1_500 and text.endswith("and 490 more")
+
+
+def test_every_known_key_decodes_without_a_warning() -> None:
+    """The fullest template (every field set) decodes with no warning at all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode_call_template(FULL)
+
+
+UTCP_DOCS_CUSTOM_MESSAGE_FORMAT = {
+    "name": "custom_format_ws",
+    "call_template_type": "websocket",
+    "url": "wss://api.example.com/ws",
+    "request_data_format": "text",
+    "request_data_template": "CMD:UTCP_ARG_command_UTCP_ARG;DATA:UTCP_ARG_data_UTCP_ARG",
+    "timeout": 60,
+}
+"""The "Custom Message Format" example of UTCP's WebSocketCallTemplate docstring, verbatim."""
+
+
+def test_the_utcp_docs_custom_message_format_example_works_as_written() -> None:
+    """request_data_template becomes the message (CMD:...;DATA:...), each legacy key with a deprecation warning."""
+    with pytest.warns(TemplateDeprecationWarning) as caught:
+        got = decode_call_template(UTCP_DOCS_CUSTOM_MESSAGE_FORMAT)
+    assert got.message == "CMD:UTCP_ARG_command_UTCP_ARG;DATA:UTCP_ARG_data_UTCP_ARG" and got.timeout == 60
+    assert format_message(got, {"command": "SET", "data": "x"}) == "CMD:SET;DATA:x"
+    texts = sorted(str(w.message) for w in caught)
+    assert len(texts) == 2
+    assert "request_data_format is deprecated" in texts[0] and "remove it" in texts[0]
+    assert "request_data_template is deprecated" in texts[1] and "write message instead" in texts[1]
+    # Deprecation warnings meant for the people who write templates: shown by default.
+    assert all(issubclass(w.category, FutureWarning) for w in caught)
+
+
+def test_request_data_template_beside_a_message_is_ignored_with_a_warning() -> None:
+    """When both are set the message wins, and the warning says request_data_template was ignored."""
+    doc = {"url": "wss://h/ws", "message": "NEW", "request_data_template": "OLD"}
+    with pytest.warns(TemplateDeprecationWarning, match="ignored here, since message is set too"):
+        assert decode_call_template(doc).message == "NEW"
+
+
+def test_a_request_data_template_of_the_wrong_type_names_its_own_key() -> None:
+    """A request_data_template that is neither text nor an object is a located DecodeError at its own key."""
+    with pytest.raises(DecodeError, match=r"^\$\.request_data_template: expected a string or an object, got a list"):
+        decode_call_template({"url": "wss://h/ws", "request_data_template": [1]})
 
 
 def test_json_text_decodes() -> None:
@@ -361,7 +435,9 @@ _templates = st.fixed_dictionaries({}, optional=_field_values) | _json
 def test_any_json_input_decodes_or_raises_decode_error(doc: Any) -> None:
     """Any JSON-ish document either decodes to a template that round-trips or raises DecodeError/ConfigError."""
     try:
-        got = decode_call_template(doc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TemplateWarning)  # unknown keys are expected here
+            got = decode_call_template(doc)
     except (DecodeError, ConfigError):
         return
     assert decode_call_template(encode_call_template(got)) == got
@@ -374,7 +450,9 @@ def test_any_json_input_decodes_or_raises_decode_error(doc: Any) -> None:
 def test_any_json_manual_decodes_or_raises_decode_error(doc: Any) -> None:
     """Any JSON-ish manual either decodes or raises DecodeError/ConfigError, never anything else."""
     try:
-        decode_manual(doc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TemplateWarning)
+            decode_manual(doc)
     except (DecodeError, ConfigError):
         pass
 

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A UTCP WebSocket call is: open a socket to the template's URL with the handshake that
-:func:`handshake_headers` describes, send the one TEXT frame :func:`format_message`
+:func:`~antiphon.proto.utcp.handshake.handshake_headers` describes (re-exported here), send the one TEXT frame :func:`format_message`
 builds, then read frames and interpret them with :func:`parse_response` (a plain call)
 or :func:`interpret_stream_frame` (a streaming call). Discovery sends
 :data:`DISCOVERY_REQUEST` and waits for a frame :func:`parse_discovery_reply` accepts.
@@ -41,19 +41,6 @@ Decisions where UTCP is buggy or silent
   follows UTCP (string raw, others as JSON text, all inside the leaf's string).
 * **Unserialisable arguments** (a set, NaN, infinity) raise :class:`LocalProtocolError`
   instead of sending ``NaN``, which is not JSON.
-* **header_fields** (never implemented by UTCP) are sent as handshake headers, strings
-  raw and other values as JSON text, and are left out of the default body (no
-  ``message``) so a per-call secret is not sent twice. A ``message`` template can still
-  place one explicitly. A missing header field argument is skipped (tool arguments are
-  often optional). A header field may not replace a header the template already sets.
-* **Auth.** ``api_key`` is honoured at every ``location``: header, query parameter
-  appended to the URL, or a ``Cookie`` (UTCP silently drops query and cookie). An empty
-  ``api_key`` raises :class:`TemplateError` where UTCP silently sends no auth. Basic auth
-  refuses a username containing ``:`` (RFC 7617). An OAuth2 template needs the caller's
-  ``bearer_token``; the token request omits ``scope`` when it is None (UTCP posts the
-  literal ``scope=None``) and the token remembers ``expires_in`` (UTCP caches forever).
-* **Handshake headers** are validated (token names, no CR/LF/NUL in values) and may not
-  set headers the WebSocket handshake owns (``Upgrade``, ``Sec-WebSocket-*``, ...).
 * **Responses.** ``json`` that does not parse raises :class:`ResponseFormatError` (UTCP
   logs and returns the raw text). A BINARY frame under ``json``/``text`` is decoded as
   UTF-8 (UTCP returns the bytes whatever the format); ``raw``/None return the frame as
@@ -67,12 +54,10 @@ Decisions where UTCP is buggy or silent
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from attrs import frozen
 
@@ -81,8 +66,8 @@ from antiphon.errors import (
     PlaceholderError,
     RemoteProtocolError,
     ResponseFormatError,
-    TemplateError,
 )
+from antiphon.proto.utcp.handshake import Handshake, handshake_headers
 from antiphon.proto.utcp.oauth import (
     OAUTH2_EXPIRY_MARGIN_S,
     OAuth2Token,
@@ -92,15 +77,13 @@ from antiphon.proto.utcp.oauth import (
     parse_oauth2_token_response,
 )
 from antiphon.proto.utcp.templates import (
-    ApiKeyAuth,
-    BasicAuth,
     OAuth2Auth,
     ResponseFormat,
     UtcpManual,
     WebSocketCallTemplate,
     decode_manual,
 )
-from antiphon.proto.utcp.urls import check_ws_url, is_loopback_url
+from antiphon.proto.utcp.urls import is_loopback_url
 
 __all__ = [
     "DISCOVERY_REQUEST",
@@ -129,14 +112,6 @@ DISCOVERY_REQUEST: Final = '{"type": "utcp"}'
 """The discovery frame, exactly as UTCP's ``json.dumps({"type": "utcp"})`` writes it."""
 
 _PLACEHOLDER: Final = re.compile(r"UTCP_ARG_((?:(?!UTCP_ARG_)[^\s\"\\])+?)_UTCP_ARG")
-_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_HEADER_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_COOKIE_VALUE: Final = re.compile(r"[\x00-\x20\x7f\";,\\]")
-_HANDSHAKE_OWNED: Final = frozenset(
-    {"host", "upgrade", "connection", "content-length", "transfer-encoding", "sec-websocket-key",
-     "sec-websocket-version", "sec-websocket-accept", "sec-websocket-extensions", "sec-websocket-protocol"}
-)  # fmt: skip
-"""Headers the WebSocket client library writes itself; a template setting them breaks the upgrade."""
 
 
 def _dumps(value: Any, name: str) -> str:
@@ -215,11 +190,24 @@ def format_message(template: WebSocketCallTemplate, args: Mapping[str, Any]) -> 
     No message: ``json.dumps(args)`` without the ``header_fields`` arguments. A string or
     dict message: placeholders substituted by the rules in the module docstring. Raises
     :class:`PlaceholderError` for a placeholder without its argument and
-    :class:`LocalProtocolError` for an argument that is not JSON.
+    :class:`LocalProtocolError` for an argument that is not JSON, nesting too deep to
+    serialise, or text that is not valid Unicode (a lone surrogate cannot go in a frame).
     """
-    message = template.message
+    try:
+        text = _format(template.message, template.header_fields, args)
+    except RecursionError:
+        raise LocalProtocolError("the message or its arguments are nested too deeply to send") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("the message holds text that is not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+def _format(message: str | dict[str, Any] | None, header_fields: list[str] | None, args: Mapping[str, Any]) -> str:
     if message is None:
-        skip = set(template.header_fields or ())
+        skip = set(header_fields or ())
         return _dumps({k: v for k, v in args.items() if k not in skip}, "args")
     if isinstance(message, dict):
         filled = _fill_leaf(message, args)
@@ -233,100 +221,6 @@ def format_message(template: WebSocketCallTemplate, args: Mapping[str, Any]) -> 
             return _fill_json_text(message, args)
         return _PLACEHOLDER.sub(lambda m: _plain(args, m.group(1), escaped=True), message)
     return _PLACEHOLDER.sub(lambda m: _plain(args, m.group(1), escaped=False), message)
-
-
-# --- handshake ------------------------------------------------------------------------
-
-
-@frozen
-class Handshake:
-    """What to open: the URL (query auth appended), extra headers in order, subprotocols to offer."""
-
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    subprotocols: tuple[str, ...]
-
-
-def _check_header(name: str, value: str, where: str) -> None:
-    if not _HEADER_NAME.match(name):
-        raise TemplateError(f"{where}: {name!r} is not a valid HTTP header name")
-    if name.lower() in _HANDSHAKE_OWNED:
-        hint = " (use `protocol` for the subprotocol)" if name.lower() == "sec-websocket-protocol" else ""
-        raise TemplateError(f"{where}: {name!r} is written by the WebSocket handshake itself{hint}")
-    if _BAD_HEADER_VALUE.search(value):
-        raise TemplateError(f"{where}: the value of {name!r} holds a control character (CR, LF or NUL)")
-
-
-def _set(headers: list[tuple[str, str]], name: str, value: str) -> None:
-    """Set ``name``, replacing any header of that name in any case (auth wins over ``headers``)."""
-    headers[:] = [(k, v) for k, v in headers if k.lower() != name.lower()]
-    headers.append((name, value))
-
-
-def _with_query(url: str, name: str, value: str) -> str:
-    parts = urlsplit(url)
-    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), (name, value)])
-    return urlunsplit(parts._replace(query=query))
-
-
-def handshake_headers(
-    template: WebSocketCallTemplate,
-    args: Mapping[str, Any] | None = None,
-    *,
-    bearer_token: str | None = None,
-) -> Handshake:
-    """The handshake for ``template``: static headers, then auth, then ``header_fields`` from ``args``.
-
-    An OAuth2 template needs ``bearer_token`` (fetch it with :func:`oauth2_token_request`);
-    passing one for any other template is a :class:`LocalProtocolError`. The returned URL
-    has passed :func:`check_ws_url`. Raises :class:`TemplateError` for unusable headers or
-    credentials.
-    """
-    args = args or {}
-    url = template.url
-    headers: list[tuple[str, str]] = []
-    for name, value in (template.headers or {}).items():
-        _check_header(name, value, "headers")
-        _set(headers, name, value)
-    auth = template.auth
-    if bearer_token is not None and not isinstance(auth, OAuth2Auth):
-        raise LocalProtocolError("bearer_token was given but the template's auth is not oauth2")
-    if isinstance(auth, ApiKeyAuth):
-        if not auth.api_key:
-            raise TemplateError("auth.api_key: is empty; refusing to connect without the key")
-        if auth.location == "header":
-            _check_header(auth.var_name, auth.api_key, "auth")
-            _set(headers, auth.var_name, auth.api_key)
-        elif auth.location == "query":
-            url = _with_query(url, auth.var_name, auth.api_key)
-        else:
-            if not _HEADER_NAME.match(auth.var_name) or _BAD_COOKIE_VALUE.search(auth.api_key):
-                raise TemplateError("auth: cookie name or api_key holds characters a cookie cannot carry")
-            cookie = f"{auth.var_name}={auth.api_key}"
-            old = next((v for k, v in headers if k.lower() == "cookie"), None)
-            _set(headers, "Cookie", f"{old}; {cookie}" if old else cookie)
-    elif isinstance(auth, BasicAuth):
-        if ":" in auth.username:
-            raise TemplateError("auth.username: may not contain ':' in HTTP Basic auth")
-        token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
-        _set(headers, "Authorization", f"Basic {token}")
-    elif isinstance(auth, OAuth2Auth):
-        if bearer_token is None:
-            raise LocalProtocolError("the template uses oauth2: fetch a token and pass bearer_token=")
-        _check_header("Authorization", bearer_token, "oauth2 token")
-        _set(headers, "Authorization", f"Bearer {bearer_token}")
-    taken = {k.lower() for k, _ in headers}
-    for name in template.header_fields or ():
-        if name not in args:
-            continue
-        if name.lower() in taken:
-            raise TemplateError(f"header_fields: {name!r} would replace a header the template already sets")
-        value = args[name]
-        text = value if isinstance(value, str) else _dumps(value, name)
-        _check_header(name, text, "header_fields")
-        headers.append((name, text))
-    subprotocols = (template.protocol,) if template.protocol else ()
-    return Handshake(url=check_ws_url(url), headers=tuple(headers), subprotocols=subprotocols)
 
 
 # --- replies ----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ Encoding is written out by hand in :func:`encode_call_template` because its job 
 produce the *same dict* as UTCP's ``WebSocketCallTemplateSerializer.to_dict``: ``name``,
 ``call_template_type`` and ``url`` always; ``message``, ``protocol`` and
 ``response_format`` when not None; ``keep_alive`` only when False; ``timeout`` only when
-not 30; ``headers`` and ``header_fields`` only when non-empty; ``auth`` in full. Unknown
-keys are ignored on decode, as pydantic does. ``decode(encode(x)) == x`` always holds.
+not 30; ``headers`` and ``header_fields`` only when non-empty; ``auth`` in full.
+``decode(encode(x)) == x`` always holds.
 
 Decisions where UTCP is buggy or silent
 ---------------------------------------
@@ -32,16 +32,25 @@ Decisions where UTCP is buggy or silent
 * A ``Tool``'s ``tool_call_template`` must be a websocket template: antiphon speaks no
   other transport, so an ``http`` tool in a manual is a located decode error rather than
   a value we cannot use.
-* ``$VAR`` substitution (:func:`substitute_variables`) skips ``message`` by default; see
-  that function.
+* ``$VAR`` substitution (:func:`~antiphon.proto.utcp.variables.substitute_variables`)
+  skips ``message`` by default; see that function.
+* **Unknown keys** in a call template are ignored, as pydantic ignores them, but never
+  silently: decoding warns (:class:`~antiphon.errors.TemplateWarning`) naming them.
+* **The pre-1.0 message keys.** UTCP's own docstring ("Custom Message Format") still shows
+  ``request_data_format`` and ``request_data_template``, which UTCP renamed ``message``
+  and then drops without a word, so that example sends JSON arguments instead of
+  ``CMD:...;DATA:...``. We honour ``request_data_template`` as ``message`` (unless a
+  ``message`` is set too) and accept ``request_data_format`` (a string ``message`` is
+  always sent as text, a dict as JSON), each with a
+  :class:`~antiphon.errors.TemplateDeprecationWarning` saying what to write instead.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import uuid
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, get_args, get_origin
 
 import attrs
@@ -51,7 +60,11 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
-from antiphon.errors import TemplateError, VariableNotFound
+from antiphon.errors import (
+    TemplateDeprecationWarning,
+    TemplateError,
+    TemplateWarning,
+)
 from antiphon.proto._codec import (
     JSONValue,
     _describe,
@@ -81,7 +94,6 @@ __all__ = [
     "encode_tool",
     "loads_call_template",
     "loads_manual",
-    "substitute_variables",
 ]
 
 DEFAULT_TIMEOUT_S: Final = 30
@@ -92,12 +104,6 @@ UTCP_VERSION: Final = "1.2.0"
 
 ResponseFormat = Literal["json", "text", "raw"]
 ApiKeyLocation = Literal["header", "query", "cookie"]
-
-_VARIABLE: Final = re.compile(r"\$\{([a-zA-Z0-9_]+)\}|\$([a-zA-Z0-9_]+)")
-"""UTCP's variable syntax, verbatim: ``${NAME}`` or ``$NAME``."""
-
-_JSON_SCHEMA_REF: Final = re.compile(r"\$ref(?![a-zA-Z0-9_])")
-"""A string holding a JSON-Schema ``$ref`` is left whole, as UTCP does."""
 
 
 def _literal_text(choices: tuple[object, ...]) -> str:
@@ -281,14 +287,14 @@ def _structure_auth(value: Any, _: Any) -> Auth | None:
 
 
 def _strict_container(
-    kind: type, factory: Callable[[Any, cattrs.Converter], Any]
-) -> Callable[[Any, cattrs.Converter], Any]:
+    kind: type, factory: Callable[[Any, cattrs.BaseConverter], Any]
+) -> Callable[[Any, cattrs.BaseConverter], Callable[[Any, Any], Any]]:
     """A hook factory that refuses anything but ``kind`` before cattrs iterates it.
 
     Without it cattrs happily structures the string ``"ab"`` into ``["a", "b"]``.
     """
 
-    def make(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    def make(tp: Any, conv: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
         inner = factory(tp, conv)
         name = "a list" if kind is list else "an object"
 
@@ -302,30 +308,109 @@ def _strict_container(
     return make
 
 
+_LEGACY_MESSAGE_KEYS: Final = ("request_data_template", "request_data_format")
+"""Pre-1.0 UTCP keys that its docs still show; honoured with a deprecation warning."""
+
+
+_WARN_MAX_KEYS: Final = 10
+_WARN_KEY_CHARS: Final = 64
+"""A remote manual's keys go into warnings (and logs): at most this many, this long each."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _WARN_KEY_CHARS else text[: _WARN_KEY_CHARS - 3] + "..."
+
+
+_TEMPLATE_KEYS: Final = frozenset(a.name for a in attrs.fields(WebSocketCallTemplate))
+
+
+def _upgrade_legacy_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with ``request_data_template`` moved to ``message``; warns for legacy and unknown keys."""
+    known = _TEMPLATE_KEYS
+    name = doc.get("name")
+    label = f"call template {_clip(name)!r}" if isinstance(name, str) else "call template"
+    unknown = sorted(str(k) for k in doc if k not in known and k not in _LEGACY_MESSAGE_KEYS)
+    if unknown:
+        shown = ", ".join(repr(_clip(k)) for k in unknown[:_WARN_MAX_KEYS])
+        more = f" and {len(unknown) - _WARN_MAX_KEYS} more" if len(unknown) > _WARN_MAX_KEYS else ""
+        warnings.warn(
+            f"{label}: unknown key{'s' if len(unknown) > 1 else ''} ignored: {shown}{more}",
+            TemplateWarning,
+            stacklevel=2,
+        )
+    if not any(k in doc for k in _LEGACY_MESSAGE_KEYS):
+        return doc
+    doc = dict(doc)
+    if "request_data_template" in doc:
+        legacy = doc.pop("request_data_template")
+        if legacy is not None and not isinstance(legacy, (str, dict)):
+            raise _field_error(
+                WebSocketCallTemplate, "request_data_template", f"expected a string or an object, got {_describe(legacy)}"
+            )
+        if doc.get("message") is not None:
+            warnings.warn(
+                f"{label}: request_data_template is deprecated and ignored here, since message is set too; "
+                f"remove request_data_template",
+                TemplateDeprecationWarning,
+                stacklevel=2,
+            )
+        else:
+            doc["message"] = legacy
+            warnings.warn(
+                f"{label}: request_data_template is deprecated (UTCP renamed it message); it is used as "
+                f"the message: write message instead",
+                TemplateDeprecationWarning,
+                stacklevel=2,
+            )
+    if "request_data_format" in doc:
+        doc.pop("request_data_format")
+        warnings.warn(
+            f"{label}: request_data_format is deprecated and not needed: a string message is sent as text "
+            f"and an object message as JSON; remove it",
+            TemplateDeprecationWarning,
+            stacklevel=2,
+        )
+    return doc
+
+
+def _is_list_type(tp: Any) -> bool:
+    origin: object = get_origin(tp)
+    return origin is list
+
+
+def _is_typed_dict_type(tp: Any) -> bool:
+    origin: object = get_origin(tp)
+    return origin is dict and get_args(tp)[1:] != (Any,)
+
+
+def _is_literal_type(tp: Any) -> bool:
+    origin: object = get_origin(tp)
+    return origin is Literal
+
+
 def _make_converter() -> cattrs.Converter:
     conv = make_converter()
-    conv.register_structure_hook_factory(
-        lambda tp: get_origin(tp) is list, _strict_container(list, list_structure_factory)
-    )
-    conv.register_structure_hook_factory(
-        lambda tp: get_origin(tp) is dict and get_args(tp)[1:] != (Any,),
-        _strict_container(dict, mapping_structure_factory),
-    )
-    conv.register_structure_hook_func(lambda tp: get_origin(tp) is Literal, _literal_hook(optional=False))
-    conv.register_structure_hook(
+    conv.register_structure_hook_factory(_is_list_type, _strict_container(list, list_structure_factory))
+    conv.register_structure_hook_factory(_is_typed_dict_type, _strict_container(dict, mapping_structure_factory))
+    conv.register_structure_hook_func(_is_literal_type, _literal_hook(optional=False))
+    template_hook = make_dict_structure_fn(
         WebSocketCallTemplate,
-        make_dict_structure_fn(
-            WebSocketCallTemplate,
-            conv,
-            url=override(struct_hook=_structure_url),
-            timeout=override(struct_hook=_structure_timeout),
-            message=override(struct_hook=_structure_message),
-            auth=override(struct_hook=_structure_auth),
-            response_format=override(
-                struct_hook=lambda v, _: _literal_hook(optional=True)(v, ResponseFormat)
-            ),
+        conv,
+        url=override(struct_hook=_structure_url),
+        timeout=override(struct_hook=_structure_timeout),
+        message=override(struct_hook=_structure_message),
+        auth=override(struct_hook=_structure_auth),
+        response_format=override(
+            struct_hook=lambda v, _: _literal_hook(optional=True)(v, ResponseFormat)
         ),
     )
+
+    def structure_template(value: Any, tp: Any) -> WebSocketCallTemplate:
+        if isinstance(value, dict):
+            value = _upgrade_legacy_keys(value)
+        return template_hook(value, tp)
+
+    conv.register_structure_hook(WebSocketCallTemplate, structure_template)
     return conv
 
 
@@ -333,11 +418,14 @@ _CONVERTER: Final = _make_converter()
 
 
 def decode_call_template(doc: JSONValue) -> WebSocketCallTemplate:
-    """Decode a call template from its dict form; unknown keys are ignored.
+    """Decode a call template from its dict form.
 
     Raises :class:`DecodeError` (``$.field: problem``) on any invalid or missing field.
+    Unknown keys are ignored with a :class:`~antiphon.errors.TemplateWarning` naming them;
+    ``request_data_template`` becomes ``message`` (see the module docstring).
     """
-    return structure(_CONVERTER, expect_object(doc), WebSocketCallTemplate)
+    template: WebSocketCallTemplate = structure(_CONVERTER, expect_object(doc), WebSocketCallTemplate)
+    return template
 
 
 def loads_call_template(text: str | bytes) -> WebSocketCallTemplate:
@@ -347,12 +435,14 @@ def loads_call_template(text: str | bytes) -> WebSocketCallTemplate:
 
 def decode_tool(doc: JSONValue) -> Tool:
     """Decode one tool from its dict form; raises :class:`DecodeError`."""
-    return structure(_CONVERTER, expect_object(doc), Tool)
+    tool: Tool = structure(_CONVERTER, expect_object(doc), Tool)
+    return tool
 
 
 def decode_manual(doc: JSONValue) -> UtcpManual:
     """Decode a UTCP manual from its dict form; raises :class:`DecodeError` located per tool."""
-    return structure(_CONVERTER, expect_object(doc), UtcpManual)
+    manual: UtcpManual = structure(_CONVERTER, expect_object(doc), UtcpManual)
+    return manual
 
 
 def loads_manual(text: str | bytes) -> UtcpManual:
@@ -424,66 +514,3 @@ def encode_manual(manual: UtcpManual) -> dict[str, Any]:
         "manual_version": manual.manual_version,
         "tools": [encode_tool(t) for t in manual.tools],
     }
-
-
-# --- $VAR substitution ----------------------------------------------------------------
-
-
-def _namespaced(name: str, namespace: str | None) -> str:
-    # UTCP: `namespace.replace("_", "__") + "_" + VAR`, so `${KEY}` in manual `my_svc`
-    # is looked up as `my__svc_KEY`.
-    return name if namespace is None else namespace.replace("_", "__") + "_" + name
-
-
-def _substitute(value: Any, lookup: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        if _JSON_SCHEMA_REF.search(value):
-            return value
-        return _VARIABLE.sub(lambda m: lookup(m.group(1) or m.group(2)), value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, lookup) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, lookup) for v in value]
-    return value
-
-
-def substitute_variables(
-    template: WebSocketCallTemplate,
-    variables: Mapping[str, str],
-    environ: Mapping[str, str],
-    *,
-    namespace: str | None = None,
-    include_message: bool = False,
-) -> WebSocketCallTemplate:
-    """Replace ``${VAR}`` and ``$VAR`` in every string of the template, looking in ``variables`` then ``environ``.
-
-    Sans-IO: pass ``os.environ`` yourself. With ``namespace`` (a manual name) the looked-up
-    key is UTCP's namespaced one, ``namespace.replace("_", "__") + "_" + VAR``; without,
-    the bare name. A key that is present counts even when its value is empty (UTCP
-    skips empty environment values). Dict keys are never substituted, and a string
-    containing a JSON-Schema ``$ref`` is left whole, as in UTCP.
-
-    ``message`` is skipped unless ``include_message`` is true: it is the request body, whose
-    own placeholders are ``UTCP_ARG_x_UTCP_ARG``, and ``$`` is common there (prices like
-    ``$5``, GraphQL ``$id`` variables, jq, shell). UTCP substitutes it and so fails with
-    ``UtcpVariableNotFound`` on such messages.
-
-    Raises :class:`VariableNotFound` naming the (namespaced) variable, or
-    :class:`DecodeError` when the result is no longer a valid template (for example a
-    ``ws://${HOST}`` that became non-loopback).
-    """
-
-    def lookup(name: str) -> str:
-        key = _namespaced(name, namespace)
-        if key in variables:
-            return variables[key]
-        if key in environ:
-            return environ[key]
-        raise VariableNotFound(key)
-
-    doc = encode_call_template(template)
-    message = doc.pop("message", None)
-    doc = _substitute(doc, lookup)
-    if message is not None:
-        doc["message"] = _substitute(message, lookup) if include_message else message
-    return decode_call_template(doc)
