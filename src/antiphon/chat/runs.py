@@ -124,6 +124,7 @@ class LiveRun:
         self._ingest: deque[TurnRequest] = deque()
         self._ingest_ready = trio.lowlevel.ParkingLot()
         self._current: TurnRequest | None = None  # the turn whose agent is running
+        self._inline: Session | None = None  # the session whose reading task runs this run's turns
         self._turn_scope = trio.CancelScope()
         self._cancel_requested: MessageId | None = None
         self._idle = False  # the turns task is parked, waiting for a turn
@@ -165,11 +166,24 @@ class LiveRun:
         """End the run now: every turn it still has ends ``cancelled`` (stored so)."""
         self.ended = True
         self.grace_deadline = math.inf
+        if self._inline is not None:
+            self._inline.cancel_job()  # its runner ends what is left, then forgets the run
         if self._started:
             self._scope.cancel()
-        else:
-            self.registry._forget(self)
-            self._done.set()
+        elif self._inline is None:
+            self._end_pending_now()
+
+    def _end_pending_now(self) -> None:
+        # A run that never started its tasks (turns ran inline; no store): end what is
+        # left synchronously, then let it go.
+        if self._started:
+            return  # _main's own ending does it
+        self._turns.clear()
+        for request in self.state.pending_requests():
+            self._end_turn(request, TurnStatus.CANCELLED, None, None)
+        self._flush()
+        self.registry._forget(self)
+        self._done.set()
 
     async def wait_ended(self) -> None:
         """Return once :meth:`end` has finished: every turn has its final event."""
@@ -238,10 +252,10 @@ class LiveRun:
         Called by the receive task while it handles a frame: without a store the ack is
         left corked for the turns task, which flushes it with the reply.
         """
-        self._ensure_started()
         if self.store is None:
             self._acknowledge(request)
         else:
+            self._ensure_started()
             self._ingest.append(request)
             self._ingest_ready.unpark()
 
@@ -249,7 +263,10 @@ class LiveRun:
         """Stop turn ``id``: cancel it if running, end it at once if still queued."""
         if self._current is not None and self._current.id == id:
             self._cancel_requested = id
-            self._turn_scope.cancel()
+            if self._inline is not None:
+                self._inline.cancel_job()
+            else:
+                self._turn_scope.cancel()
             return
         if self.state.is_pending(id) and not self.state.turn_running(id):
             request = self.state.request_of(id)
@@ -262,12 +279,35 @@ class LiveRun:
     def _acknowledge(self, request: TurnRequest) -> None:
         self.emit(Ack(id=request.id, message_number=request.message_number))
         self._turns.append(request)
+        if self._inline is not None or self._current is not None:
+            return  # a runner is at work: it takes this turn when its own is done
+        session = self.session
+        if self.store is None and session is not None and session.run_inline(self._run_inline):
+            # Right after this batch, in the task that read it: no hand-off, and the
+            # ack goes out with the reply. Should the turn block, the session passes
+            # reading on, and the turn carries on here.
+            self._inline = session
+            return
+        self._ensure_started()
         if self._idle:
             # The turns task runs next and flushes the ack with whatever it sends.
-            session = self.session
             if session is not None:
                 session.defer_flush()
             self._turns_ready.unpark()
+
+    async def _run_inline(self) -> None:
+        try:
+            while self._turns and not self.ended:
+                request = self._turns.popleft()
+                if self.state.is_pending(request.id):
+                    await self._run_turn(request)
+        finally:
+            self._inline = None
+            if self.ended:
+                self._end_pending_now()
+            elif self._turns:
+                self._ensure_started()  # cancelled part-way: the turns task takes the rest
+                self._turns_ready.unpark()
 
     async def _ingest_loop(self) -> None:
         store = self.store
@@ -468,8 +508,12 @@ class RunRegistry:
         self._grace_counter += 1
         heapq.heappush(self._graces, (deadline, self._grace_counter, run))
         if not self._reaper_started:
+            try:
+                self.nursery.start_soon(self._reaper)
+            except RuntimeError:  # the gateway is gone: nobody could resume it
+                run.end()
+                return
             self._reaper_started = True
-            self.nursery.start_soon(self._reaper)
         elif self._graces[0][2] is run:
             self._reaper_wakeup.unpark()
 

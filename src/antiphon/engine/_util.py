@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+)
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["around_suspensions", "open_nursery_unwrapped"]
+__all__ = ["around_suspensions", "continue_suspended", "open_nursery_unwrapped"]
 
 T = TypeVar("T")
 
@@ -67,3 +74,30 @@ def around_suspensions(
         except BaseException as exc:  # Trio delivering Cancelled, or a throw() from the caller
             send, error = None, exc
         on_resume()
+
+
+@types.coroutine
+def continue_suspended(
+    coro: Coroutine[Any, Any, T], yielded: Any, on_suspend: Callable[[], object], on_resume: Callable[[], object]
+) -> Generator[Any, Any, T]:
+    """Go on awaiting ``coro``, which was driven by hand until it yielded ``yielded`` to Trio.
+
+    ``yielded`` is handed to Trio first, as ``await`` would have; then as
+    :func:`around_suspensions` (``on_suspend`` has already run for the first suspension).
+    The caller drives a coroutine's first step itself when finishing without any
+    suspension is the common case worth making cheap.
+    """
+    while True:
+        try:
+            send, error = (yield yielded), None
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            send, error = None, exc
+        on_resume()
+        try:
+            yielded = coro.send(send) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        on_suspend()

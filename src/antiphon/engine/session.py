@@ -52,11 +52,13 @@ import logging
 import math
 import os
 import uuid
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
 
 import trio
 from attrs import frozen
 
+from antiphon.engine._util import continue_suspended
 from antiphon.engine.wire import Pong, Wire, WireClosed
 from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
@@ -146,7 +148,15 @@ class Session:
         self._timer_deadline = math.inf
         self._ping_at = math.inf
         self._pong_deadline = math.inf
-        self._scope: trio.CancelScope | None = None
+        self._scope: trio.CancelScope | None = None  # the reader's: its deadline is the timers'
+        self._reader_task: trio.lowlevel.Task | None = None
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_exited = trio.Event()
+        self._job: Callable[[], Coroutine[Any, Any, object]] | None = None
+        self._job_scope: trio.CancelScope | None = None
+        self._end_started = False
+        self._aborting = False  # closed without flush: stop reading at once
+        self._ended = trio.Event()
         self._done = trio.Event()
 
     # ------------------------------------------------------------------ queries
@@ -284,6 +294,7 @@ class Session:
         """
         if self._closing:
             if not flush and self.close_code is not None:
+                self._aborting = True
                 self.wire.discard_buffer()  # escalate a flushing close stuck behind a dead peer
                 self._cancel()
             return
@@ -297,10 +308,12 @@ class Session:
         if flush:
             self.wire.start_close(code, reason)
             self.flush()
-            # The receive task reads on until the peer answers; bounded by close_timeout_s.
-            scope = self._nursery.cancel_scope
-            scope.deadline = min(scope.deadline, self._close_deadline)
+            # The reader reads on until the peer answers; bounded by close_timeout_s.
+            scope = self._scope
+            if scope is not None and self._close_deadline < scope.deadline:
+                scope.deadline = self._close_deadline
         else:
+            self._aborting = True
             self.wire.discard_buffer()
             self.wire.start_close(code, reason)
             self._cancel()
@@ -314,6 +327,34 @@ class Session:
                 log.exception("session %s: on_shutdown failed", self.id)
                 self.close(CloseCode.GOING_AWAY, "server shutdown", flush=False)
 
+    # ------------------------------------------------------------------ inline jobs
+
+    def run_inline(self, job: Callable[[], Coroutine[Any, Any, object]]) -> bool:
+        """From :meth:`SessionHandler.on_message`: run ``job`` in the reading task, right after this batch.
+
+        For work that usually finishes without blocking (an agent turn that answers at
+        once): no task switch at all, and what it sends is corked with what the batch
+        sent (an ack and its reply, one write). Should the job block, reading passes at
+        once to a standby task, so the socket is always read; the job finishes in the
+        task it started in, even if the connection ends meanwhile (the session then
+        waits for it). Returns False when a job is already pending for this batch. Cancel
+        a running job with :meth:`cancel_job`.
+        """
+        if self._job is not None or self._closing:
+            return False
+        self._job = job
+        return True
+
+    def cancel_job(self) -> None:
+        """Cancel the inline job that is running (it sees ``trio.Cancelled`` at its next checkpoint)."""
+        if self._job_scope is not None:
+            self._job_scope.cancel()
+
+    @property
+    def job_running(self) -> bool:
+        """True while an inline job runs (it may have outlived the connection)."""
+        return self._job_scope is not None
+
     # ------------------------------------------------------------------ running
 
     async def run(self, handler: SessionHandler) -> None:
@@ -322,17 +363,21 @@ class Session:
         interval = self.config.ping_interval_s
         if interval is not None:
             self._ping_at = trio.current_time() + interval
+        me = trio.lowlevel.current_task()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._reader_task = me
                 if self._closing:  # closed before it ran
                     self.wire.start_close(self.close_code or CloseCode.NORMAL, self.close_reason or "")
                 else:
                     await handler.on_open(self)
                 if self.wire.buffered:
                     self.flush()  # sent before the session ran (or by on_open)
-                await self._receive()
-                nursery.cancel_scope.cancel()  # the writer, and whatever the face started
+                await self._read()
+                if self._reader_task is me:
+                    await self._end_connection()
+                await self._ended.wait()  # a standby reader ends it; an inline job may outlive it
         except Exception:
             log.exception("session %s: internal error", self.id)
             if not self._closing or self.closed_by_peer:
@@ -340,23 +385,16 @@ class Session:
                 self.close_code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
                 self.wire.discard_buffer()
         finally:
-            self._closing = True
-            self._room.unpark_all()
-            if self.close_code is None:
-                # Cancelled from outside: the server is going away.
-                self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
-                self.wire.discard_buffer()
-            await self._finish()
-            log.debug("session %s: closed %s %r%s", self.id, self.close_code, self.close_reason, " by the peer" if self.closed_by_peer else "")
-            try:
-                handler.on_close(self)
-            except Exception:
-                log.exception("session %s: on_close failed", self.id)
+            with trio.CancelScope(shield=True):
+                await self._end_connection()
             self._done.set()
 
-    async def _receive(self) -> None:
+    async def _read(self) -> None:
+        # The reading loop; returns when the connection is over or when this task lent
+        # reading to a standby (its inline job blocked) and the job has finished.
         wire, handler = self.wire, self._handler
         assert handler is not None
+        me = trio.lowlevel.current_task()
         while True:
             with trio.CancelScope(deadline=self._next_deadline()) as scope:
                 self._scope = scope
@@ -381,16 +419,97 @@ class Session:
                                     break
                     finally:
                         self._corked = False
-                    if self._flush_deferred:
+                    job = self._job
+                    if job is not None:
+                        self._job = None
+                        await self._run_job(job, scope)  # corked: flushes what the batch sent too
+                        if self._reader_task is not me:
+                            return  # lent: a standby reads now
+                    elif self._flush_deferred:
                         self._flush_deferred = False
                     elif wire.buffered:
                         self.flush()
+            if self._reader_task is not me:
+                return  # the job that lent reading was cancelled
             self._scope = None
             if not self._closing:
                 self._deadlines_passed()
+            if self._aborting or (self._closing and trio.current_time() >= self._close_deadline):
+                return  # closed without flush, or the peer never answered our close frame in time
+
+    async def _run_job(self, job: Callable[[], Coroutine[Any, Any, object]], scope: trio.CancelScope) -> None:
+        # Corked throughout, so the batch's sends and the job's go out in one write.
+        self._job_scope = scope
+        self._corked = True
+        try:
+            coro = job()
+            try:
+                yielded = coro.send(None)  # the common case: done without blocking
+            except StopIteration:
+                return
+            # It blocked: reading passes to a standby, and this scope stops timing it.
+            scope.deadline = math.inf
+            self._scope = None
+            self._reader_task = None
+            self._nursery_start(self._standby)
+            self.uncork()
+            await continue_suspended(coro, yielded, self.uncork, self.cork)
+        finally:
+            self._job_scope = None
+            self.uncork()
+            if self._ended.is_set():
+                self._cancel_all()  # the connection ended while the job ran: now nothing else may
+
+    async def _standby(self) -> None:
+        me = trio.lowlevel.current_task()
+        self._reader_task = me
+        await self._read()
+        if self._reader_task is me:
+            await self._end_connection()
+
+    async def _end_connection(self) -> None:
+        # Once, by whichever task saw the end (or by run() on the way out): close the
+        # wire, tell the face; the tasks stop, unless an inline job still runs.
+        if self._end_started:
+            await self._ended.wait()
+            return
+        self._end_started = True
+        self._closing = True
+        self._room.unpark_all()
+        self._reader_task = None
+        if self.close_code is None:
+            # Cancelled from outside: the server is going away.
+            self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
+            self.wire.discard_buffer()
+        try:
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await self._writer_exited.wait()  # at its next checkpoint: the wire is ours then
+            await self._finish()
+        except Exception:
+            log.exception("session %s: closing the connection failed", self.id)
+        finally:
+            log.debug(
+                "session %s: closed %s %r%s",
+                self.id,
+                self.close_code,
+                self.close_reason,
+                " by the peer" if self.closed_by_peer else "",
+            )
+            try:
+                assert self._handler is not None
+                self._handler.on_close(self)
+            except Exception:
+                log.exception("session %s: on_close failed", self.id)
+            self._ended.set()
+            if self._job_scope is None:
+                self._cancel_all()
 
     def _next_deadline(self) -> float:
-        if self._closing or self._paused is not None:
+        if self._closing:
+            return self._close_deadline  # read on until the peer answers our close frame, no longer
+        if self._paused is not None:
             return math.inf
         beat = self._pong_deadline if self._pong_deadline < math.inf else self._ping_at
         return min(self._timer_deadline, beat)
@@ -420,29 +539,47 @@ class Session:
 
     # ------------------------------------------------------------------ internals
 
+    def _nursery_start(self, fn: Callable[[], Awaitable[object]]) -> bool:
+        if self._nursery is None:
+            return False
+        try:
+            self._nursery.start_soon(fn)
+        except RuntimeError:
+            return False  # the nursery is closing (the session is ending)
+        return True
+
     def _start_writer(self) -> None:
-        if self._nursery is not None and not self._writer_running:
-            try:
-                self._nursery.start_soon(self._writer)
-            except RuntimeError:
-                return  # the nursery is closing (the session is ending): _finish writes what is left
+        if not self._writer_running and self._nursery_start(self._writer):
             self._writer_running = True
 
     async def _writer(self) -> None:
         wire = self.wire
+        self._writer_exited = trio.Event()
         try:
-            while wire.buffered:
-                await wire.drain()
-                if wire.buffered <= self._high:
-                    self._room.unpark_all()
+            with trio.CancelScope() as self._writer_scope:
+                while wire.buffered:
+                    await wire.drain()
+                    if wire.buffered <= self._high:
+                        self._room.unpark_all()
         finally:
+            self._writer_scope = None
             self._writer_running = False
+            self._writer_exited.set()
         closed = wire.closed
         if closed is not None and not self._closing:
             self._peer_closed(closed)
             self._cancel()
 
     def _cancel(self) -> None:
+        # Stop reading and writing now; the reader then ends the connection.
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+        if self._reader_task is None and self._job_scope is None:
+            self._cancel_all()  # nobody is reading (the connection is already ending)
+
+    def _cancel_all(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 

@@ -43,7 +43,14 @@ from attrs import frozen
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from antiphon.errors import DecodeError
-from antiphon.proto._codec import dumps, expect_object, loads, make_converter, quote, structure
+from antiphon.proto._codec import (
+    dumps,
+    expect_object,
+    loads,
+    make_converter,
+    quote,
+    structure,
+)
 
 __all__ = [
     "CONTEXT_MAX_DEPTH",
