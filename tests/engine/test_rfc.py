@@ -1,0 +1,141 @@
+"""RFC 6455 failures and their close codes: 1007 for bad UTF-8, 1002 for protocol violations, 1009 for size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from websockets.frames import Opcode
+
+from antiphon.engine.server import ServerConfig
+from antiphon.engine.wire import FRAGMENT_OVERHEAD_BYTES
+from antiphon.proto.close import CloseCode
+from tests.engine.harness import Echo, streams
+from tests.engine.rawframes import FrameClient, frame
+
+TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
+CAFE = "café".encode()  # b"caf\xc3\xa9": the last character is two bytes
+INVALID = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"  # a UTF-16 surrogate (Autobahn 6.x)
+
+
+async def open_client(connect: Any) -> FrameClient:
+    client = FrameClient(connect())
+    response = await client.handshake()
+    assert response.status_code == 101
+    return client
+
+
+async def failed_with(payloads: list[bytes], code: CloseCode, *, max_message_size: int = 1024 * 1024) -> Echo:
+    """Send ``payloads`` (raw frames), expect the server's close frame with ``code``; the handler."""
+    handler = Echo()
+    async with streams(lambda: handler, server_config=ServerConfig(port=0, max_message_size=max_message_size)) as (server, connect):
+        client = await open_client(connect)
+        for data in payloads:
+            await client.send_raw(data)
+        close = await client.expect_close()
+        assert close.code == code, close
+        await server.wait_idle()
+    assert handler.closed == (code, False)
+    return handler
+
+
+async def test_invalid_utf8_text_gets_1007(autojump_clock: Any) -> None:
+    """A text message that is not UTF-8 fails the connection with 1007, and the face never sees it."""
+    handler = await failed_with([frame(TEXT, INVALID)], CloseCode.INVALID_DATA)
+    assert handler.received == []
+
+
+async def test_invalid_utf8_in_a_fragment_gets_1007_before_the_message_ends(autojump_clock: Any) -> None:
+    """Fragmented text fails fast: 1007 arrives after the bad fragment, while the message is still unfinished."""
+    handler = await failed_with([frame(TEXT, b"valid ", fin=False), frame(CONT, INVALID, fin=False)], CloseCode.INVALID_DATA)
+    assert handler.received == []
+
+
+async def test_utf8_split_across_fragments_is_one_valid_message(autojump_clock: Any) -> None:
+    """A character whose bytes straddle two fragments is not an error: the message is echoed whole."""
+    handler = Echo()
+    async with streams(lambda: handler) as (_, connect):
+        client = await open_client(connect)
+        await client.send_raw(frame(TEXT, CAFE[:-1], fin=False) + frame(CONT, CAFE[-1:]))
+        echoed = await client.next_frame()
+        assert (echoed.opcode, echoed.data) == (Opcode.TEXT, CAFE)
+    assert handler.received == ["café"]
+
+
+async def test_text_ending_inside_a_character_gets_1007(autojump_clock: Any) -> None:
+    """A fragmented text message whose last fragment ends mid-character fails with 1007."""
+    await failed_with([frame(TEXT, CAFE[:-1], fin=False), frame(CONT, b"")], CloseCode.INVALID_DATA)
+
+
+@pytest.mark.parametrize("rsv", [0b100, 0b010, 0b001], ids=["rsv1", "rsv2", "rsv3"])
+async def test_reserved_bits_without_an_extension_get_1002(autojump_clock: Any, rsv: int) -> None:
+    """A frame with a reserved bit set, no extension having been negotiated, fails with 1002."""
+    await failed_with([frame(TEXT, b"hello", rsv=rsv)], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_an_unmasked_client_frame_gets_1002(autojump_clock: Any) -> None:
+    """Clients must mask every frame: an unmasked one fails the connection with 1002."""
+    await failed_with([frame(TEXT, b"hello", mask=None)], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_a_control_frame_over_125_bytes_gets_1002(autojump_clock: Any) -> None:
+    """A ping with a 126-byte payload (control frames carry at most 125) fails with 1002."""
+    await failed_with([frame(PING, b"x" * 126)], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_a_fragmented_control_frame_gets_1002(autojump_clock: Any) -> None:
+    """Control frames must not be fragmented: a ping without FIN fails with 1002."""
+    await failed_with([frame(PING, b"x", fin=False)], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_a_continuation_without_a_start_gets_1002(autojump_clock: Any) -> None:
+    """A continuation frame when no message is being assembled fails with 1002."""
+    await failed_with([frame(CONT, b"orphan")], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_a_new_message_inside_a_fragmented_one_gets_1002(autojump_clock: Any) -> None:
+    """A text frame where a continuation is due fails with 1002."""
+    await failed_with([frame(TEXT, b"one", fin=False), frame(TEXT, b"two")], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_a_reserved_opcode_gets_1002(autojump_clock: Any) -> None:
+    """Opcode 3 is reserved: the connection fails with 1002."""
+    await failed_with([frame(0x3, b"")], CloseCode.PROTOCOL_ERROR)
+
+
+async def test_an_oversized_message_gets_1009(autojump_clock: Any) -> None:
+    """One byte over max_message_size in a single frame fails with 1009."""
+    await failed_with([frame(BINARY, b"x" * 1025)], CloseCode.MESSAGE_TOO_BIG, max_message_size=1024)
+
+
+async def test_an_oversized_fragmented_message_gets_1009(autojump_clock: Any) -> None:
+    """Fragments that together pass max_message_size fail with 1009, each fragment being small."""
+    fragments = [frame(BINARY, b"x" * 500, fin=False), frame(CONT, b"x" * 500, fin=False), frame(CONT, b"x" * 100)]
+    await failed_with(fragments, CloseCode.MESSAGE_TOO_BIG, max_message_size=1024)
+
+
+async def test_a_message_of_exactly_max_message_size_is_accepted(autojump_clock: Any) -> None:
+    """max_message_size is inclusive: a message of exactly that many bytes is echoed."""
+    handler = Echo()
+    async with streams(lambda: handler, server_config=ServerConfig(port=0, max_message_size=1024)) as (_, connect):
+        client = await open_client(connect)
+        await client.send_raw(frame(BINARY, b"x" * 1024))
+        assert (await client.next_frame()).data == b"x" * 1024
+
+
+async def test_a_flood_of_empty_continuations_is_bounded_by_the_fragment_budget(autojump_clock: Any) -> None:
+    """Each fragment counts FRAGMENT_OVERHEAD_BYTES: 1024 bytes allow 15 empty continuations; the 16th gets 1009."""
+    allowed = 1024 // FRAGMENT_OVERHEAD_BYTES - 1  # the first frame pays the overhead too
+    assert allowed == 15
+    handler = Echo()
+    async with streams(lambda: handler, server_config=ServerConfig(port=0, max_message_size=1024)) as (server, connect):
+        client = await open_client(connect)
+        await client.send_raw(frame(TEXT, b"", fin=False) + frame(CONT, b"", fin=False) * allowed)
+        await client.send_raw(frame(PING, b"still open?"))
+        pong = await client.next_frame()
+        assert (pong.opcode, pong.data) == (Opcode.PONG, b"still open?")
+        await client.send_raw(frame(CONT, b"", fin=False))
+        assert (await client.expect_close()).code == CloseCode.MESSAGE_TOO_BIG
+        await server.wait_idle()
+    assert handler.closed == (CloseCode.MESSAGE_TOO_BIG, False)
