@@ -139,3 +139,34 @@ async def test_a_flood_of_empty_continuations_is_bounded_by_the_fragment_budget(
         assert (await client.expect_close()).code == CloseCode.MESSAGE_TOO_BIG
         await server.wait_idle()
     assert handler.closed == (CloseCode.MESSAGE_TOO_BIG, False)
+
+
+async def test_a_close_frame_inside_a_fragmented_message_is_echoed(autojump_clock: Any) -> None:
+    """RFC 6455 lets a close frame interrupt a fragmented message: it is answered with its own code, not 1002 (Autobahn 7.1.5)."""
+    handler = Echo()
+    async with streams(lambda: handler) as (server, connect):
+        client = await open_client(connect)
+        close_1000 = b"\x03\xe8"
+        await client.send_raw(frame(TEXT, b"fragment1", fin=False) + frame(CLOSE, close_1000) + frame(CONT, b"fragment2"))
+        close = await client.expect_close()
+        assert (close.code, close.reason) == (CloseCode.NORMAL, "")
+        await server.wait_idle()
+    assert handler.closed == (CloseCode.NORMAL, True)
+    assert handler.received == []
+
+
+async def test_an_empty_close_frame_inside_a_fragmented_message_gets_an_empty_close(autojump_clock: Any) -> None:
+    """A close frame without a code, interrupting a fragmented message, is answered with an empty close frame."""
+    handler = Echo()
+    async with streams(lambda: handler) as (server, connect):
+        client = await open_client(connect)
+        await client.send_raw(frame(BINARY, b"part", fin=False))
+        await trio.testing.wait_all_tasks_blocked()
+        await client.send_raw(frame(CLOSE, b""))
+        while True:
+            f = await client.next_frame()
+            if f.opcode is Opcode.CLOSE:
+                break
+        assert f.data == b""
+        await server.wait_idle()
+    assert handler.closed == (CloseCode.NO_STATUS, True)

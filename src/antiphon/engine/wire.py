@@ -15,7 +15,8 @@ a message in, its answer out - runs in one task with no hand-off and no wake-up.
 ``ClientProtocol``): framing and C-accelerated masking, size limits, permessage-deflate
 with inflation bounded by ``max_size``, control frames answered per RFC 6455 (pings get
 pongs, close frames an echo), protocol violations failed with 1002, an oversized
-message with 1009. websockets leaves message assembly and UTF-8 checks to its I/O
+message with 1009. One answer is the wire's own: a close frame that interrupts a
+fragmented message is echoed like any other, where websockets would answer 1002. websockets leaves message assembly and UTF-8 checks to its I/O
 layers, so this one does them: fragments join up to ``max_message_size``, each
 fragment also counting :data:`FRAGMENT_OVERHEAD_BYTES` so a flood of empty
 continuations is bounded too, and text is decoded as it arrives, so invalid UTF-8 fails
@@ -34,7 +35,7 @@ from collections import deque
 from typing import Final
 
 import trio
-from websockets.exceptions import InvalidState
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
@@ -187,8 +188,8 @@ class WebSocketWire(Wire):
         self._take_protocol_writes()
         self.flush()
 
-    def _take_protocol_writes(self) -> None:
-        for data in self.protocol.data_to_send():
+    def _take_protocol_writes(self, writes: list[bytes] | None = None) -> None:
+        for data in self.protocol.data_to_send() if writes is None else writes:
             if data:
                 self._out.append(data)
                 self.buffered += len(data)
@@ -289,10 +290,13 @@ class WebSocketWire(Wire):
             except (TransportBroken, trio.ClosedResourceError):
                 self._lost("the network connection broke")
                 raise self._closed_now() from None
+            answered = protocol.close_sent is not None
             if data:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
+            if not answered and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
+                self._echo_interrupting_close()
             frames = protocol.events_received()  # type: ignore[assignment]
         out: list[Incoming] = []
         for frame in frames:
@@ -356,6 +360,25 @@ class WebSocketWire(Wire):
             self._decoder = None
             self._parts = [data]
         return None
+
+    def _echo_interrupting_close(self) -> None:
+        # RFC 6455 lets a control frame interrupt a fragmented message (5.4) and asks that
+        # a close frame be answered, typically with its own code (5.5.1). websockets fails
+        # the connection with 1002 instead ("incomplete fragmented message": the one path
+        # where a close frame was received and the parser still raised a ProtocolError;
+        # its compliance notes list it as Autobahn 7.1.5). Answer it like any close: the
+        # protocol's last write is its 1002 close frame; send the peer's code back in its
+        # place. The unfinished message is dropped, as everything after a close frame is.
+        protocol = self.protocol
+        rcvd = protocol.close_rcvd
+        assert rcvd is not None
+        writes = protocol.data_to_send()
+        payload = b"" if rcvd.code == CloseCode.NO_STATUS else rcvd.serialize()
+        for i in range(len(writes) - 1, -1, -1):
+            if writes[i]:  # not the half-close sentinel
+                writes[i] = Frame(_CLOSE, payload).serialize(mask=protocol.side is CLIENT)
+                break
+        self._take_protocol_writes(writes)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.protocol.fail(code, reason)
