@@ -117,7 +117,7 @@ class Wire:
         raise NotImplementedError
 
     def discard_buffer(self) -> None:
-        """Forget buffered messages (a close without flush)."""
+        """Forget buffered messages (a close without flush), except the rest of one already partly written."""
 
     async def finish(self) -> None:
         """Write what is buffered (the close frame), then wait for the peer's end of the closing handshake."""
@@ -158,6 +158,7 @@ class WebSocketWire(Wire):
         self._out: deque[bytes] = deque()
         self._eof_queued = False
         self._writing = False  # the writer task is in transport.write: direct writes would reorder
+        self._head_started = False  # part of _out[0] is on the wire (or being written): never drop the rest
         self._write_broken = False  # a write was cancelled part-way: the stream is unusable
         self._parts: list[str] | list[bytes] | None = None  # the fragmented message being assembled
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -206,10 +207,12 @@ class WebSocketWire(Wire):
                 sent = transport.try_write(data)
                 if sent == len(data):
                     out.popleft()
+                    self._head_started = False
                     self.buffered -= sent
                     continue
                 if sent:
                     out[0] = data[sent:]
+                    self._head_started = True
                     self.buffered -= sent
                 return False
         except (TransportBroken, trio.ClosedResourceError):
@@ -220,7 +223,11 @@ class WebSocketWire(Wire):
         return True
 
     def _coalesce(self) -> bytes:
-        # Several frames waiting (an ack and its reply): one write, one system call.
+        # Several frames waiting (an ack and its reply): one write, one system call. The
+        # rest of a write already begun goes out alone, so that a close without flush
+        # (discard_buffer) can still drop every frame queued behind it.
+        if self._head_started:
+            return self._out[0]
         data = b"".join(self._out)
         self._out.clear()
         self._out.append(data)
@@ -244,17 +251,21 @@ class WebSocketWire(Wire):
                         self.buffered -= sent
                         if sent == len(data):
                             out.popleft()
+                            self._head_started = False
                             continue
                         out[0] = data = data[sent:]
+                        self._head_started = True
                     await transport.wait_writable()
                     continue
                 await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before a byte went out: still usable
+                self._head_started = True
                 try:
                     await transport.write(data)
                 except trio.Cancelled:
                     self._write_broken = True  # part of `data` may be out: never write again
                     raise
                 out.popleft()
+                self._head_started = False
                 self.buffered -= len(data)
             if self._eof_queued:
                 self._eof_queued = False
@@ -272,9 +283,15 @@ class WebSocketWire(Wire):
         return self._eof_queued
 
     def discard_buffer(self) -> None:
-        if not self._writing:
-            self._out.clear()
-            self.buffered = 0
+        # Everything not yet begun is dropped; the rest of a write already begun is kept,
+        # or the peer would read our close frame as the tail of a cut-off frame.
+        out = self._out
+        head = out[0] if out and self._head_started else None
+        out.clear()
+        self.buffered = 0
+        if head is not None:
+            out.append(head)
+            self.buffered = len(head)
 
     # ------------------------------------------------------------------ receiving
 
