@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -14,6 +15,7 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
 )
 from websockets.frames import Opcode
+from websockets.http11 import Response
 from websockets.sync.client import connect as sync_connect
 
 from antiphon.engine.connect import connect_websocket
@@ -25,6 +27,7 @@ from antiphon.engine.server import (
     SessionServer,
 )
 from antiphon.engine.session import SessionConfig
+from antiphon.engine.wire import WebSocketWire
 from antiphon.proto.close import CloseCode
 from tests.engine.harness import Echo, streams
 from tests.engine.rawframes import FrameClient, frame
@@ -33,8 +36,9 @@ MIB = 1024 * 1024
 DEFLATE = ServerConfig(port=0, compression="deflate")
 
 
-def negotiated(response: Any) -> str | None:
-    return response.headers.get("Sec-WebSocket-Extensions")
+def negotiated(response: Response) -> str | None:
+    value: str | None = response.headers.get("Sec-WebSocket-Extensions")
+    return value
 
 
 async def test_deflate_is_not_negotiated_unless_the_server_is_configured(autojump_clock: Any) -> None:
@@ -67,11 +71,12 @@ async def test_a_deflate_server_does_not_compress_for_a_client_that_did_not_offe
         assert (echoed.rsv1, echoed.data) == (False, b"plain")
 
 
-async def _dial(connect: Any, compression: str | None) -> Any:
+async def _dial(connect: Callable[[], trio.abc.Stream], compression: str | None) -> WebSocketWire:
     stream = connect()
 
     async def open_stream() -> trio.abc.Stream:
-        return stream
+        opened: trio.abc.Stream = stream
+        return opened
 
     return await connect_websocket("ws://localhost/", open_stream=open_stream, compression=compression)
 
@@ -148,6 +153,7 @@ async def test_round_trip_with_a_real_websockets_client_and_compression() -> Non
 
     def client(url: str) -> tuple[list[str | bytes], str | None]:
         with sync_connect(url, open_timeout=10, close_timeout=10) as ws:
+            assert ws.response is not None
             extension = ws.response.headers.get("Sec-WebSocket-Extensions")
             echoes = []
             for message in (big_text, b"\x00\xff" * 1000, "é" * 10):
@@ -172,6 +178,7 @@ async def test_a_real_websockets_client_gets_no_compression_from_a_plain_server(
     def client(url: str) -> tuple[str | bytes, str | None]:
         with sync_connect(url, open_timeout=10, close_timeout=10) as ws:
             ws.send("plain")
+            assert ws.response is not None
             return ws.recv(timeout=10), ws.response.headers.get("Sec-WebSocket-Extensions")
 
     async with trio.open_nursery() as nursery:
@@ -179,3 +186,24 @@ async def test_a_real_websockets_client_gets_no_compression_from_a_plain_server(
         echo, extension = await trio.to_thread.run_sync(functools.partial(client, server.url))
         nursery.cancel_scope.cancel()
     assert (echo, extension) == ("plain", None)
+
+
+async def test_a_deflate_session_keeps_its_zlib_state_small(autojump_clock: Any) -> None:
+    """Deflate uses websockets' recommended settings (4 KiB windows, memLevel 5): under 128 KiB per server session, not ~300."""
+    async with streams(Echo, server_config=DEFLATE) as (_, connect):
+        clients = []
+        tracemalloc.start(40)
+        try:
+            before = tracemalloc.take_snapshot()
+            for _ in range(10):
+                client = FrameClient(connect(), extensions=[ClientPerMessageDeflateFactory()])
+                assert "server_max_window_bits=12" in (negotiated(await client.handshake()) or "")
+                await client.send_text("hello " * 50)
+                await client.next_frame()
+                clients.append(client)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    engine_only = [tracemalloc.Filter(True, "*/antiphon/engine/*", all_frames=True)]
+    grown = sum(stat.size_diff for stat in after.filter_traces(engine_only).compare_to(before.filter_traces(engine_only), "filename"))
+    assert grown / 10 < 128 * 1024, f"{grown / 10 / 1024:.0f} KiB per deflate session"
