@@ -172,7 +172,7 @@ class TrickleTransport(Transport):
         await trio.lowlevel.checkpoint()
 
 
-def frames_in(data: bytes) -> list[tuple[Opcode, bytes]]:
+def frames_in(data: bytes | bytearray) -> list[tuple[Opcode, bytes]]:
     client = ClientProtocol(parse_uri("ws://localhost/"), state=OPEN, max_size=None)
     client.receive_data(bytes(data))
     return [(f.opcode, bytes(f.data)) for f in client.events_received() if isinstance(f, Frame)]
