@@ -16,11 +16,12 @@ a message in, its answer out - runs in one task with no hand-off and no wake-up.
 with inflation bounded by ``max_size``, control frames answered per RFC 6455 (pings get
 pongs, close frames an echo), protocol violations failed with 1002, an oversized
 message with 1009. One answer is the wire's own: a close frame that interrupts a
-fragmented message is echoed like any other, where websockets would answer 1002. websockets leaves message assembly and UTF-8 checks to its I/O
-layers, so this one does them: fragments join up to ``max_message_size``, each
-fragment also counting :data:`FRAGMENT_OVERHEAD_BYTES` so a flood of empty
-continuations is bounded too, and text is decoded as it arrives, so invalid UTF-8 fails
-the connection with 1007 at the first bad fragment.
+fragmented message is echoed like any other, where websockets would answer 1002.
+websockets leaves message assembly and UTF-8 checks to its I/O layers, so this one
+does them: fragments join up to ``max_message_size``, each fragment also counting
+:data:`FRAGMENT_OVERHEAD_BYTES` so a flood of empty continuations is bounded too, and
+text is decoded as it arrives, so invalid UTF-8 fails the connection with 1007 at the
+first bad fragment.
 
 Every byte the protocol writes - our messages, its pongs and close frames - goes
 through one buffer, so the session's bound on buffered bytes covers a peer that floods
