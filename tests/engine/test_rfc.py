@@ -6,9 +6,14 @@ from typing import Any
 
 import pytest
 import trio
-from websockets.frames import Opcode
+import trio.testing
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
+from antiphon.engine.connect import connect_websocket
 from antiphon.engine.server import ServerConfig
+from antiphon.engine.session import Session, SessionConfig
 from antiphon.engine.wire import FRAGMENT_OVERHEAD_BYTES
 from antiphon.proto.close import CloseCode
 from tests.engine.harness import Echo, streams
@@ -170,3 +175,33 @@ async def test_an_empty_close_frame_inside_a_fragmented_message_gets_an_empty_cl
         assert f.data == b""
         await server.wait_idle()
     assert handler.closed == (CloseCode.NO_STATUS, True)
+
+
+async def test_the_client_echoes_a_close_inside_a_fragment_that_came_with_the_101(autojump_clock: Any) -> None:
+    """connect_websocket: frames sent in the same write as the 101 (a fragment, then a close) get the close code back, not 1002."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = ServerProtocol()
+
+    async def fake_server() -> None:
+        while not (events := server.events_received()):
+            server.receive_data(bytes(await server_stream.receive_some(65536)))
+        request = events[0]
+        assert isinstance(request, Request)
+        server.send_response(server.accept(request))
+        opening = b"".join(server.data_to_send())
+        await server_stream.send_all(opening + frame(TEXT, b"fragment1", fin=False, mask=None) + frame(CLOSE, b"\x03\xe8", mask=None))
+
+    async def open_stream() -> trio.abc.Stream:
+        return client_stream
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake_server)
+        wire = await connect_websocket("ws://localhost/", open_stream=open_stream)
+        session = Session(wire, SessionConfig(ping_interval_s=None, close_timeout_s=1))
+        nursery.start_soon(session.run, Echo())
+        server.receive_data(bytes(await server_stream.receive_some(65536)))
+        closes = [f for f in server.events_received() if isinstance(f, Frame) and f.opcode is Opcode.CLOSE]
+        assert [Close.parse(f.data).code for f in closes] == [CloseCode.NORMAL]
+        await server_stream.aclose()
+        await session.done.wait()
+    assert (session.close_code, session.closed_by_peer) == (CloseCode.NORMAL, True)

@@ -166,6 +166,10 @@ class WebSocketWire(Wire):
         self._budget = 0  # what the fragmented message may still grow by
         self._closed: WireClosed | None = None
         self._aclosed = False
+        if protocol.close_sent is not None and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
+            # It happened in the read that finished the handshake (a server that sent
+            # its frames with the 101): the protocol's 1002 is still waiting to be taken.
+            self._echo_interrupting_close()
 
     # ------------------------------------------------------------------ sending
 
