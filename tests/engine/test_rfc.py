@@ -205,3 +205,36 @@ async def test_the_client_echoes_a_close_inside_a_fragment_that_came_with_the_10
         await server_stream.aclose()
         await session.done.wait()
     assert (session.close_code, session.closed_by_peer) == (CloseCode.NORMAL, True)
+
+
+async def test_the_client_fails_at_once_on_a_bad_frame_that_came_with_the_101(autojump_clock: Any) -> None:
+    """A frame with a reserved bit in the same write as the 101: the client sends its 1002 close at once, not after the next read."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = ServerProtocol()
+
+    async def open_stream() -> trio.abc.Stream:
+        return client_stream
+
+    async with trio.open_nursery() as nursery:
+
+        async def fake_server() -> None:
+            while not (events := server.events_received()):
+                server.receive_data(bytes(await server_stream.receive_some(65536)))
+            request = events[0]
+            assert isinstance(request, Request)
+            server.send_response(server.accept(request))
+            await server_stream.send_all(b"".join(server.data_to_send()) + frame(TEXT, b"x", rsv=0b100, mask=None))
+
+        nursery.start_soon(fake_server)
+        wire = await connect_websocket("ws://localhost/", open_stream=open_stream)
+        session = Session(wire, SessionConfig(ping_interval_s=None, close_timeout_s=5))
+        t0 = trio.current_time()
+        nursery.start_soon(session.run, Echo())
+        with trio.fail_after(1):  # the server sends nothing more: only the client can move
+            server.receive_data(bytes(await server_stream.receive_some(65536)))
+        closes = [f for f in server.events_received() if isinstance(f, Frame) and f.opcode is Opcode.CLOSE]
+        assert [Close.parse(f.data).code for f in closes] == [CloseCode.PROTOCOL_ERROR]
+        assert trio.current_time() == t0
+        await server_stream.aclose()
+        await session.done.wait()
+    assert (session.close_code, session.closed_by_peer) == (CloseCode.PROTOCOL_ERROR, False)

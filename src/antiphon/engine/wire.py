@@ -166,10 +166,12 @@ class WebSocketWire(Wire):
         self._budget = 0  # what the fragmented message may still grow by
         self._closed: WireClosed | None = None
         self._aclosed = False
+        # Whatever the protocol wrote while the handshake's last read was parsed - the
+        # frames a server sent with its 101: a pong, or the close frame failing them -
+        # is buffered now, so the session writes it at once instead of after the next read.
         if protocol.close_sent is not None and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
-            # It happened in the read that finished the handshake (a server that sent
-            # its frames with the 101): the protocol's 1002 is still waiting to be taken.
             self._echo_interrupting_close()
+        self._take_protocol_writes()
 
     # ------------------------------------------------------------------ sending
 
