@@ -25,13 +25,14 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 
+from antiphon.engine.connect import connect_websocket
 from antiphon.engine.server import (
     Accept,
     HandshakeRequest,
@@ -40,14 +41,19 @@ from antiphon.engine.server import (
     SessionServer,
 )
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
+from antiphon.errors import AntiphonError
 
 __all__ = [
     "NOT_OK",
     "EchoHandler",
     "SuiteResult",
+    "drive_echo_client",
     "echo_server",
+    "run_client_suite",
     "run_suite",
     "serve_echo",
+    "TrioThread",
+    "trio_thread",
 ]
 
 MIB: Final = 1024 * 1024
@@ -57,8 +63,8 @@ SEND_BUFFER_MAX_BYTES: Final = 64 * MIB
 """Room for 9.x's bursts of large echoes while kosoku reads them back."""
 DEFAULT_TIMEOUT_S: Final = 900.0
 """The full run's bound: a few minutes are expected on two cores; past this the run is abandoned."""
-SERVER_START_TIMEOUT_S: Final = 10.0
-"""How long the echo server may take to bind its listener."""
+THREAD_START_TIMEOUT_S: Final = 10.0
+"""How long the echo server may take to bind its listener (and either side's thread to stop)."""
 ACCEPTABLE: Final = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
 """Verdicts that pass (kosoku's ``CaseResult.passed``); UNIMPLEMENTED is acceptable only where a feature is off."""
 
@@ -101,47 +107,103 @@ def _route(request: HandshakeRequest, *, full: bool) -> Accept | Reject:
 def echo_server(port: int = 0, *, compression: str | None = "deflate") -> SessionServer:
     """The echo app: a SessionServer on 127.0.0.1 with Autobahn-sized limits."""
     config = ServerConfig(host="127.0.0.1", port=port, max_message_size=MAX_MESSAGE_SIZE_BYTES, compression=compression)
-    session_config = SessionConfig(
+    return SessionServer(_route, config, _session_config())
+
+
+def _session_config() -> SessionConfig:
+    return SessionConfig(
         ping_interval_s=None,  # kosoku measures pings it sends, not ours
         send_buffer_high_bytes=MAX_MESSAGE_SIZE_BYTES,
         send_buffer_max_bytes=SEND_BUFFER_MAX_BYTES,
         close_timeout_s=5.0,
     )
-    return SessionServer(_route, config, session_config)
+
+
+class TrioThread:
+    """A Trio run in a thread of its own (see :func:`trio_thread`)."""
+
+    def __init__(self) -> None:
+        self.value: object = None
+        """What the started function passed to ``task_status.started()``."""
+        self.ended = threading.Event()
+        """Set once the Trio run is over."""
+        self.error: BaseException | None = None
+
+
+@contextmanager
+def trio_thread(async_fn: Callable[..., Awaitable[object]], *args: object, name: str) -> Iterator[TrioThread]:
+    """Run ``await nursery.start(async_fn, *args)`` under ``trio.run`` in a thread; yield it once started.
+
+    On exit the Trio run is cancelled (if it has not ended) and joined; its failure, if
+    any, is raised here.
+    """
+    handle, started = TrioThread(), threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle.value = await nursery.start(async_fn, *args)
+            box["token"], box["cancel"] = trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel
+            started.set()
+
+    def thread_main() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller's thread
+            handle.error = exc
+        finally:
+            started.set()
+            handle.ended.set()
+
+    thread = threading.Thread(target=thread_main, name=name, daemon=True)
+    thread.start()
+    if not started.wait(THREAD_START_TIMEOUT_S) or "token" not in box:
+        raise RuntimeError(f"{name} did not start: {handle.error!r}")
+    try:
+        yield handle
+    finally:
+        try:
+            trio.from_thread.run_sync(box["cancel"], trio_token=box["token"])
+        except trio.RunFinishedError:
+            pass  # it ended by itself
+        thread.join(THREAD_START_TIMEOUT_S)
+        if handle.error is not None:
+            raise RuntimeError(f"{name} failed") from handle.error
 
 
 @contextmanager
 def serve_echo(*, compression: str | None = "deflate") -> Iterator[str]:
     """Run the echo app in a thread of its own; yields its ``ws://`` URL, stops it on exit."""
-    started = threading.Event()
-    box: dict[str, Any] = {}
+    with trio_thread(echo_server(compression=compression).run, name="autobahn echo server") as thread:
+        assert isinstance(thread.value, SessionServer)
+        yield thread.value.url
 
-    async def serve() -> None:
-        server = echo_server(compression=compression)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            box["url"], box["token"], box["cancel"] = server.url, trio.lowlevel.current_trio_token(), nursery.cancel_scope.cancel
-            started.set()
 
-    def thread_main() -> None:
+class _CaseCount(SessionHandler):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message(self, session: Session, message: str | bytes) -> None:
+        self.count = int(message)
+
+
+async def drive_echo_client(
+    port: int, compression: str | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Play Autobahn's client side: every case kosoku's fuzzing server offers, through connect_websocket and an echo session."""
+    task_status.started()
+    base, config = f"ws://127.0.0.1:{port}", _session_config()
+    count = _CaseCount()
+    await Session(await connect_websocket(f"{base}/getCaseCount"), config).run(count)
+    for case in range(1, count.count + 1):
         try:
-            trio.run(serve)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller's thread
-            box["error"] = exc
-        finally:
-            started.set()
-
-    thread = threading.Thread(target=thread_main, name="autobahn-echo", daemon=True)
-    thread.start()
-    if not started.wait(SERVER_START_TIMEOUT_S) or "url" not in box:
-        raise RuntimeError(f"the echo server did not start: {box.get('error')!r}")
-    try:
-        yield str(box["url"])
-    finally:
-        trio.from_thread.run_sync(box["cancel"], trio_token=box["token"])
-        thread.join(SERVER_START_TIMEOUT_S)
-        if "error" in box:
-            raise RuntimeError("the echo server failed") from box["error"]
+            wire = await connect_websocket(
+                f"{base}/runCase?case={case}&agent=antiphon", max_message_size=MAX_MESSAGE_SIZE_BYTES, compression=compression
+            )
+        except AntiphonError:
+            continue  # kosoku records the case
+        await Session(wire, config).run(EchoHandler())
+    await Session(await connect_websocket(f"{base}/updateReports?agent=antiphon"), config).run(SessionHandler())
 
 
 class SuiteResult:
@@ -210,10 +272,40 @@ def run_suite(
     return SuiteResult(results, seconds=time.monotonic() - t0)
 
 
-def _markdown(suite: SuiteResult, compression: str | None) -> str:
+def run_client_suite(
+    cases: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    compression: str | None = "deflate",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> SuiteResult:
+    """The client side: kosoku's fuzzing server on 127.0.0.1, the engine's client (connect_websocket) echoing its cases."""
+    import kosoku
+
+    async def serve_cases() -> list[Any]:
+        async with kosoku.run_fuzzingserver(cases, exclude, host="127.0.0.1", port=0) as server:
+            with trio_thread(drive_echo_client, server.port, compression, name="autobahn echo client") as client:
+                try:
+                    results = list(await server.get_result())
+                except kosoku.FailureError as failure:
+                    results = failure.results
+                # Let the client finish its last connection before kosoku's server goes:
+                # tearing it down under an open connection aborted the process now and then.
+                await asyncio.to_thread(client.ended.wait, THREAD_START_TIMEOUT_S)
+                return results
+
+    t0 = time.monotonic()
+    try:
+        results = asyncio.run(asyncio.wait_for(serve_cases(), timeout_s))
+    except TimeoutError:
+        return SuiteResult([], seconds=time.monotonic() - t0, timed_out=True)
+    return SuiteResult(results, seconds=time.monotonic() - t0)
+
+
+def _markdown(suite: SuiteResult, compression: str | None, side: str) -> str:
     verdicts = sorted({v for counts in suite.by_section.values() for v in counts})
     lines = [
-        f"# Autobahn TestSuite against antiphon's engine (echo app, compression={compression})",
+        f"# Autobahn TestSuite against antiphon's engine: the {side} side (echo app, compression={compression})",
         "",
         f"{len(suite.results)} cases in {suite.seconds:.0f} s; {len(suite.failed)} failed.",
         "",
@@ -235,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.autobahn", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cases", action="append", metavar="GLOB", help="case ids or globs (default: all)")
     parser.add_argument("--exclude", action="append", metavar="GLOB", help="case ids or globs to leave out")
+    parser.add_argument("--side", choices=("server", "client"), default="server", help="test the engine's server (default) or its client")
     parser.add_argument("--compression", choices=("deflate", "none"), default="deflate")
     parser.add_argument("--parallelism", type=int, default=2, help="cases run at once (default: 2)")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
@@ -246,13 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kosoku is not installed: pip install -e '.[test]'", file=sys.stderr)
         return 2
     compression = None if args.compression == "none" else args.compression
-    suite = run_suite(args.cases, args.exclude, compression=compression, parallelism=args.parallelism, timeout_s=args.timeout_s)
+    if args.side == "server":
+        suite = run_suite(args.cases, args.exclude, compression=compression, parallelism=args.parallelism, timeout_s=args.timeout_s)
+    else:
+        suite = run_client_suite(args.cases, args.exclude, compression=compression, timeout_s=args.timeout_s)
     if suite.timed_out:
         print(f"the run did not finish within {args.timeout_s:g} s", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     kosoku_report.write_reports(suite.results, str(args.out))
     summary = {
+        "side": args.side,
         "compression": compression,
         "cases": len(suite.results),
         "seconds": round(suite.seconds, 1),
@@ -260,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed": [suite.describe(r) for r in suite.failed],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = _markdown(suite, compression)
+    text = _markdown(suite, compression, args.side)
     (args.out / "summary.md").write_text(text)
     print(text)
     return 1 if suite.failed else 0
