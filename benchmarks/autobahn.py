@@ -11,9 +11,14 @@ section and verdict) to ``--out``. It is bounded: the run stops by itself after
 no case FAILED, 1 otherwise. Needs ``pip install -e '.[test]'`` (kosoku is in the test
 extra).
 
-The same :func:`run_suite` backs the CI subset (``tests/engine/test_autobahn.py``).
-The server runs in a thread of its own (``trio.run``), kosoku in asyncio in the caller's
-thread; they meet only over a loopback socket.
+``--side client`` tests the engine's client instead: kosoku's fuzzing server on
+127.0.0.1, and :func:`drive_echo_client` connecting to each case with
+``connect_websocket`` (deflate offered) and echoing in a session.
+
+The same :func:`run_suite` and :func:`run_client_suite` back the CI subsets
+(``tests/engine/test_autobahn.py``). The engine runs in a thread of its own
+(``trio.run``), kosoku in asyncio in the caller's thread; they meet only over a loopback
+socket.
 """
 
 from __future__ import annotations
@@ -283,6 +288,7 @@ def run_client_suite(
     import kosoku
 
     async def serve_cases() -> list[Any]:
+        results: list[Any] = []
         async with kosoku.run_fuzzingserver(cases, exclude, host="127.0.0.1", port=0) as server:
             with trio_thread(drive_echo_client, server.port, compression, name="autobahn echo client") as client:
                 try:
@@ -292,7 +298,7 @@ def run_client_suite(
                 # Let the client finish its last connection before kosoku's server goes:
                 # tearing it down under an open connection aborted the process now and then.
                 await asyncio.to_thread(client.ended.wait, THREAD_START_TIMEOUT_S)
-                return results
+        return results
 
     t0 = time.monotonic()
     try:
