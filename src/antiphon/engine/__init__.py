@@ -2,9 +2,11 @@
 
 * :mod:`.session` - :class:`Session`, one supervised WebSocket connection;
 * :mod:`.server` - :class:`SessionServer`: listeners, handshakes, capacity, shutdown;
-* :mod:`.connect` - dialling client connections.
+* :mod:`.connect` - dialling client connections;
+* :mod:`.adapters` - sessions on connections a ``trio_websocket`` server accepted.
 """
 
+from antiphon.engine.adapters import serve_trio_websocket, serve_trio_websocket_request
 from antiphon.engine.server import (
     Accept,
     HandshakeRequest,
@@ -25,4 +27,6 @@ __all__ = [
     "SessionConfig",
     "SessionHandler",
     "SessionServer",
+    "serve_trio_websocket",
+    "serve_trio_websocket_request",
 ]

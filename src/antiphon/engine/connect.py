@@ -24,7 +24,7 @@ from typing import Final
 import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.uri import WebSocketURI, parse_uri
 
 from antiphon.engine._util import open_nursery_unwrapped
@@ -129,7 +129,8 @@ async def connect_websocket(
     for proto in subprotocols:
         if not _TOKEN.match(proto):
             raise LocalProtocolError(f"subprotocol {proto!r} is not a valid HTTP token")
-    extensions = [ClientPerMessageDeflateFactory()] if compression == "deflate" else None
+    # websockets' recommended client settings (memLevel 5; the server picks the windows).
+    extensions = enable_client_permessage_deflate(None) if compression == "deflate" else None
     protocol = ClientProtocol(uri, subprotocols=list(subprotocols) or None, extensions=extensions, max_size=max_message_size)
     request = protocol.connect()
     for name, value in headers:

@@ -19,7 +19,10 @@ what to do (:class:`Accept` with a :class:`~antiphon.engine.session.SessionHandl
 or :class:`Reject`: any plain HTTP response, a refusal or a health check's 200), and
 runs the :class:`~antiphon.engine.session.Session` in that same task. Whatever happens
 on one connection, a bug in a face included, is logged and contained there: the server
-and the other sessions carry on.
+and the other sessions carry on. A connection upgraded elsewhere - by a trio-websocket
+server, through :mod:`antiphon.engine.adapters` - asks :meth:`SessionServer.route`
+the same question and joins through :meth:`SessionServer.serve_wire`, counted like
+the server's own.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Final
 
 import trio
 from attrs import field, frozen
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.server import ServerProtocol
 
 from antiphon.engine.handshake import (
@@ -53,7 +56,7 @@ from antiphon.engine.transport import (
     Transport,
     TransportBroken,
 )
-from antiphon.engine.wire import WebSocketWire
+from antiphon.engine.wire import WebSocketWire, Wire
 from antiphon.errors import ConfigError, ListenError
 from antiphon.proto.close import CloseCode
 
@@ -301,7 +304,9 @@ class SessionServer:
 
     def _protocol(self) -> ServerProtocol:
         cfg = self.config
-        extensions = [ServerPerMessageDeflateFactory()] if cfg.compression == "deflate" else None
+        # websockets' recommended settings (a 4 KiB window each way, memLevel 5): ~50 KiB of
+        # zlib state per session instead of ~300 KiB at zlib's defaults.
+        extensions = enable_server_permessage_deflate(None) if cfg.compression == "deflate" else None
         return ServerProtocol(max_size=cfg.max_message_size, extensions=extensions)
 
     async def _serve_connection(self, transport: Transport) -> None:
@@ -314,12 +319,7 @@ class SessionServer:
         if scope.cancelled_caught:
             log.debug("connection from %s: no handshake within %gs", transport.remote, cfg.handshake_timeout_s)
             return
-        if self._shutting_down:
-            protocol.send_response(reject(Reject(503, b"the server is shutting down\n")))
-            await write_pending(protocol, transport)
-            return
-        info = describe(request, transport.remote)
-        decision = self.router(info, full=len(self.sessions) >= cfg.max_connections)
+        decision = self.route(describe(request, transport.remote))
         if isinstance(decision, Reject):
             protocol.send_response(reject(decision))
             with trio.move_on_after(cfg.handshake_timeout_s):
@@ -334,6 +334,27 @@ class SessionServer:
         if response.status_code != 101:
             return  # not a valid upgrade: websockets answered 400/405/426
         wire = WebSocketWire(protocol, transport, max_message_size=cfg.max_message_size, initial=frames)
+        await self._run_session(wire, decision)
+
+    def route(self, request: HandshakeRequest) -> Accept | Reject:
+        """The face's decision for ``request``: its router's, told whether the server is full; 503 once shutting down."""
+        if self._shutting_down:
+            return Reject(503, b"the server is shutting down\n")
+        return self.router(request, full=len(self.sessions) >= self.config.max_connections)
+
+    async def serve_wire(self, wire: Wire, decision: Accept) -> None:
+        """Run the session ``decision`` asks for on a connection upgraded elsewhere, until it ends.
+
+        For :mod:`antiphon.engine.adapters`: the connection counts like one of the
+        server's own, so :attr:`sessions`, :meth:`shutdown` and :meth:`wait_idle` cover it.
+        """
+        self._connection_opened()
+        try:
+            await self._run_session(wire, decision)
+        finally:
+            self._connection_closed()
+
+    async def _run_session(self, wire: Wire, decision: Accept) -> None:
         session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
         try:

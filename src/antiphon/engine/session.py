@@ -42,7 +42,8 @@ Ending. Whatever decides the session is over - the peer's close frame, our
 1011, other sessions untouched), the server's cancellation (1001) - the nursery is
 cancelled: nothing the session started outlives it. A close *with flush* writes what
 is already buffered, then the close frame, and waits for the peer's answer; a close
-*without flush* drops what is buffered. Either way the closing handshake is shielded
+*without flush* drops what is buffered (all but the rest of a frame already partly
+written: the close frame never lands inside a cut-off frame). Either way the closing handshake is shielded
 and bounded by ``close_timeout_s``, so every connection ends with a close code.
 """
 

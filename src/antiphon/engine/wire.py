@@ -15,11 +15,13 @@ a message in, its answer out - runs in one task with no hand-off and no wake-up.
 ``ClientProtocol``): framing and C-accelerated masking, size limits, permessage-deflate
 with inflation bounded by ``max_size``, control frames answered per RFC 6455 (pings get
 pongs, close frames an echo), protocol violations failed with 1002, an oversized
-message with 1009. websockets leaves message assembly and UTF-8 checks to its I/O
-layers, so this one does them: fragments join up to ``max_message_size``, each
-fragment also counting :data:`FRAGMENT_OVERHEAD_BYTES` so a flood of empty
-continuations is bounded too, and text is decoded as it arrives, so invalid UTF-8 fails
-the connection with 1007 at the first bad fragment.
+message with 1009. One answer is the wire's own: a close frame that interrupts a
+fragmented message is echoed like any other, where websockets would answer 1002.
+websockets leaves message assembly and UTF-8 checks to its I/O layers, so this one
+does them: fragments join up to ``max_message_size``, each fragment also counting
+:data:`FRAGMENT_OVERHEAD_BYTES` so a flood of empty continuations is bounded too, and
+text is decoded as it arrives, so invalid UTF-8 fails the connection with 1007 at the
+first bad fragment.
 
 Every byte the protocol writes - our messages, its pongs and close frames - goes
 through one buffer, so the session's bound on buffered bytes covers a peer that floods
@@ -34,7 +36,7 @@ from collections import deque
 from typing import Final
 
 import trio
-from websockets.exceptions import InvalidState
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 
@@ -116,7 +118,7 @@ class Wire:
         raise NotImplementedError
 
     def discard_buffer(self) -> None:
-        """Forget buffered messages (a close without flush)."""
+        """Forget buffered messages (a close without flush), except the rest of one already partly written."""
 
     async def finish(self) -> None:
         """Write what is buffered (the close frame), then wait for the peer's end of the closing handshake."""
@@ -157,12 +159,19 @@ class WebSocketWire(Wire):
         self._out: deque[bytes] = deque()
         self._eof_queued = False
         self._writing = False  # the writer task is in transport.write: direct writes would reorder
+        self._head_started = False  # part of _out[0] is on the wire (or being written): never drop the rest
         self._write_broken = False  # a write was cancelled part-way: the stream is unusable
         self._parts: list[str] | list[bytes] | None = None  # the fragmented message being assembled
         self._decoder: codecs.IncrementalDecoder | None = None
         self._budget = 0  # what the fragmented message may still grow by
         self._closed: WireClosed | None = None
         self._aclosed = False
+        # Whatever the protocol wrote while the handshake's last read was parsed - the
+        # frames a server sent with its 101: a pong, or the close frame failing them -
+        # is buffered now, so the session writes it at once instead of after the next read.
+        if protocol.close_sent is not None and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
+            self._echo_interrupting_close()
+        self._take_protocol_writes()
 
     # ------------------------------------------------------------------ sending
 
@@ -187,8 +196,8 @@ class WebSocketWire(Wire):
         self._take_protocol_writes()
         self.flush()
 
-    def _take_protocol_writes(self) -> None:
-        for data in self.protocol.data_to_send():
+    def _take_protocol_writes(self, writes: list[bytes] | None = None) -> None:
+        for data in self.protocol.data_to_send() if writes is None else writes:
             if data:
                 self._out.append(data)
                 self.buffered += len(data)
@@ -205,10 +214,12 @@ class WebSocketWire(Wire):
                 sent = transport.try_write(data)
                 if sent == len(data):
                     out.popleft()
+                    self._head_started = False
                     self.buffered -= sent
                     continue
                 if sent:
                     out[0] = data[sent:]
+                    self._head_started = True
                     self.buffered -= sent
                 return False
         except (TransportBroken, trio.ClosedResourceError):
@@ -219,7 +230,11 @@ class WebSocketWire(Wire):
         return True
 
     def _coalesce(self) -> bytes:
-        # Several frames waiting (an ack and its reply): one write, one system call.
+        # Several frames waiting (an ack and its reply): one write, one system call. The
+        # rest of a write already begun goes out alone, so that a close without flush
+        # (discard_buffer) can still drop every frame queued behind it.
+        if self._head_started:
+            return self._out[0]
         data = b"".join(self._out)
         self._out.clear()
         self._out.append(data)
@@ -243,17 +258,21 @@ class WebSocketWire(Wire):
                         self.buffered -= sent
                         if sent == len(data):
                             out.popleft()
+                            self._head_started = False
                             continue
                         out[0] = data = data[sent:]
+                        self._head_started = True
                     await transport.wait_writable()
                     continue
                 await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before a byte went out: still usable
+                self._head_started = True
                 try:
                     await transport.write(data)
                 except trio.Cancelled:
                     self._write_broken = True  # part of `data` may be out: never write again
                     raise
                 out.popleft()
+                self._head_started = False
                 self.buffered -= len(data)
             if self._eof_queued:
                 self._eof_queued = False
@@ -271,9 +290,15 @@ class WebSocketWire(Wire):
         return self._eof_queued
 
     def discard_buffer(self) -> None:
-        if not self._writing:
-            self._out.clear()
-            self.buffered = 0
+        # Everything not yet begun is dropped; the rest of a write already begun is kept,
+        # or the peer would read our close frame as the tail of a cut-off frame.
+        out = self._out
+        head = out[0] if out and self._head_started else None
+        out.clear()
+        self.buffered = 0
+        if head is not None:
+            out.append(head)
+            self.buffered = len(head)
 
     # ------------------------------------------------------------------ receiving
 
@@ -289,10 +314,13 @@ class WebSocketWire(Wire):
             except (TransportBroken, trio.ClosedResourceError):
                 self._lost("the network connection broke")
                 raise self._closed_now() from None
+            answered = protocol.close_sent is not None
             if data:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
+            if not answered and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
+                self._echo_interrupting_close()
             frames = protocol.events_received()  # type: ignore[assignment]
         out: list[Incoming] = []
         for frame in frames:
@@ -356,6 +384,25 @@ class WebSocketWire(Wire):
             self._decoder = None
             self._parts = [data]
         return None
+
+    def _echo_interrupting_close(self) -> None:
+        # RFC 6455 lets a control frame interrupt a fragmented message (5.4) and asks that
+        # a close frame be answered, typically with its own code (5.5.1). websockets fails
+        # the connection with 1002 instead ("incomplete fragmented message": the one path
+        # where a close frame was received and the parser still raised a ProtocolError;
+        # its compliance notes list it as Autobahn 7.1.5). Answer it like any close: the
+        # protocol's last write is its 1002 close frame; send the peer's code back in its
+        # place. The unfinished message is dropped, as everything after a close frame is.
+        protocol = self.protocol
+        rcvd = protocol.close_rcvd
+        assert rcvd is not None
+        writes = protocol.data_to_send()
+        payload = b"" if rcvd.code == CloseCode.NO_STATUS else rcvd.serialize()
+        for i in range(len(writes) - 1, -1, -1):
+            if writes[i]:  # not the half-close sentinel
+                writes[i] = Frame(_CLOSE, payload).serialize(mask=protocol.side is CLIENT)
+                break
+        self._take_protocol_writes(writes)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.protocol.fail(code, reason)
