@@ -483,8 +483,9 @@ class Session:
             self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
             self.wire.discard_buffer()
         try:
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
+            if self._writer_running:
+                if self._writer_scope is not None:
+                    self._writer_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await self._writer_exited.wait()  # at its next checkpoint: the wire is ours then
             await self._finish()
@@ -550,13 +551,17 @@ class Session:
         return True
 
     def _start_writer(self) -> None:
-        if not self._writer_running and self._nursery_start(self._writer):
+        if self._end_started or self._writer_running:
+            return  # (the connection's end writes what is left itself)
+        self._writer_exited = trio.Event()
+        if self._nursery_start(self._writer):
             self._writer_running = True
 
     async def _writer(self) -> None:
         wire = self.wire
-        self._writer_exited = trio.Event()
         try:
+            if self._end_started:
+                return  # started, then the connection ended before it ran
             with trio.CancelScope() as self._writer_scope:
                 while wire.buffered:
                     await wire.drain()
