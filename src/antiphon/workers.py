@@ -123,6 +123,8 @@ class _Supervisor:
                 worker.restarts += 1
                 failed = await self.start(worker)
                 if failed is None:
+                    assert worker.process is not None
+                    log.info("worker %d restarted (pid %d)", worker.number, worker.process.pid)
                     break
                 log.warning("worker %d failed to start again (%s); retrying in %gs", worker.number, failed, delay)
                 await trio.sleep(delay)

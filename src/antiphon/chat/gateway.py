@@ -201,16 +201,20 @@ class ChatSessionHandler(SessionHandler):
         session.nursery.start_soon(self._replay, session, target, replay[-1][0] if replay else last_seq, replay)
 
     async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, str]]) -> None:
-        # Replay under backpressure, then keep replaying whatever was logged meanwhile;
-        # attach with no checkpoint after the last look, so no frame falls in between.
+        # Replay under backpressure, then keep replaying whatever was logged meanwhile
+        # (also when the first batch was empty: frames may have come since the resume);
+        # attach with no checkpoint after the last, empty look, so no frame falls in between.
         batch = first
-        while batch:
+        while True:
             for seq, text in batch:
                 await session.wait_for_room()
                 self.deliver(text)
                 through = seq
-            session.flush()
+            if batch:
+                session.flush()
             batch, _ = run.state.replay_after(through)
+            if not batch:
+                break
         run.attach(self)
 
 
@@ -254,28 +258,41 @@ class ChatGateway(SessionServer):
         self.runs_backend = runs
         self.lease_ttl_s = lease_ttl_s
         self.registry: RunRegistry | None = None
+        self._finished: trio.Event | None = None  # set once run() has returned
         super().__init__(self._route, config, session_config)
 
     async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or shut down; the runs nursery outlives every connection.
 
-        With a run backend, every run still here at the end is released (written, and its
+        With a run backend, a :meth:`shutdown` releases every run still here (written, its
         lease let go) for another process to take over, within ``close_timeout``.
+        Cancelling instead abandons them: their leases lapse and other processes take
+        them over then.
         """
-        async with trio.open_nursery() as runs:
-            registry = self.registry = RunRegistry(runs, self.store)
-            if self.runs_backend is not None:
-                registry.node = Node(self.runs_backend, registry, lease_ttl_s=self.lease_ttl_s)
-                await runs.start(registry.node.run)
-            if self.store is not None and self.retention_s is not None:
-                runs.start_soon(self._sweep, self.store, self.retention_s)
-            try:
-                await super().run(listen=listen, task_status=task_status)
-            finally:
-                if registry.shared:
-                    with trio.CancelScope(shield=True), trio.move_on_after(self.session_config.close_timeout_s):
-                        await registry.release_all()
-                runs.cancel_scope.cancel()
+        finished = self._finished = trio.Event()
+        try:
+            async with trio.open_nursery() as runs:
+                registry = self.registry = RunRegistry(runs, self.store)
+                if self.runs_backend is not None:
+                    registry.node = Node(self.runs_backend, registry, lease_ttl_s=self.lease_ttl_s)
+                    await runs.start(registry.node.run)
+                if self.store is not None and self.retention_s is not None:
+                    runs.start_soon(self._sweep, self.store, self.retention_s)
+                try:
+                    await super().run(listen=listen, task_status=task_status)
+                    if registry.shared:
+                        with trio.move_on_after(self.session_config.close_timeout_s):
+                            await registry.release_all()
+                finally:
+                    runs.cancel_scope.cancel()
+        finally:
+            finished.set()
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """:meth:`SessionServer.shutdown`, then (with a run backend) the release of every run; returns once :meth:`run` has."""
+        await super().shutdown(grace_s)
+        if self._finished is not None:
+            await self._finished.wait()
 
     async def grace_expired(self) -> None:
         """The shutdown grace is over: end every run, each turn with a final ``cancelled`` event, stored so.

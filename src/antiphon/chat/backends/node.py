@@ -69,6 +69,7 @@ from antiphon.proto.close import CloseCode
 
 if TYPE_CHECKING:
     from antiphon.chat.runs import LiveRun, RunHolder, RunRegistry
+    from antiphon.engine.session import Session
     from antiphon.proto.chat.run import TurnRequest
 
 __all__ = ["LEASE_TTL_S", "Follow", "Node", "RemoteHolder", "Replica"]
@@ -104,10 +105,9 @@ def now() -> float:
 class RemoteHolder:
     """The owner's stand-in for a connection on another node: frames without ``seq`` go to it as replies."""
 
-    session = None  # never a local session: numbered frames reach it through the backend
-
     def __init__(self, node: Node, run: LiveRun, conn: str) -> None:
         self.node, self.run, self.conn = node, run, conn
+        self.session: Session | None = None  # never a local session: numbered frames reach it through the backend
         self.node_id = conn.partition("/")[0]
 
     def deliver(self, text: str) -> None:
@@ -357,9 +357,12 @@ class Node:
         self.mark(replica)
 
     async def wait_finished(self, runs: Iterable[LiveRun]) -> None:
-        """Return once every one of ``runs`` is written and ended or released, and the commands queued are sent."""
+        """Return once every one of ``runs`` is written and ended or released, and the commands queued are sent.
+
+        Returns at once while the backend is unreachable: the leases lapse by themselves.
+        """
         ids = {r.run_id for r in runs}
-        while self._outbox or any(i in self.replicas and self.replicas[i].finishing is not None for i in ids):
+        while self.available and (self._outbox or any(i in self.replicas and self.replicas[i].finishing is not None for i in ids)):
             await self._flushed.park()
 
     def mark(self, replica: Replica) -> None:
@@ -376,6 +379,7 @@ class Node:
         if self.available:
             self.available = False
             log.warning("runs backend unavailable: %s; new messages are refused until it is back", exc)
+            self._flushed.unpark_all()
 
     def _back(self) -> None:
         if not self.available:
@@ -395,26 +399,25 @@ class Node:
             appends = [(r, a) for r, a in built if a is not None]
             commands = self._outbox[:OUTBOX_BATCH]
             try:
-                statuses = await self.backend.write([a for _, a in appends], commands)
+                if appends or commands:
+                    statuses = await self.backend.write([a for _, a in appends], commands)
+                    self._back()
+                    del self._outbox[: len(commands)]
+                    for (r, a), status in zip(appends, statuses, strict=True):
+                        r.written_as(a, status)
+                for r in replicas:
+                    if r.finishing is not None and not r.done and not r.replace and r.flushed == r.run.state.seq:
+                        await self._finish(r)
+                        self._back()
             except RunBackendError as exc:
                 self._unavailable(exc)
                 for r in replicas:
-                    self.mark(r)
+                    if not r.done:
+                        self.mark(r)
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, RETRY_MAX_S)
                 continue
             backoff = RETRY_MIN_S
-            self._back()
-            del self._outbox[: len(commands)]
-            for (r, a), status in zip(appends, statuses, strict=True):
-                r.written_as(a, status)
-            for r in replicas:
-                if r.finishing is not None and not r.done and not r.replace and r.flushed == r.run.state.seq:
-                    try:
-                        await self._finish(r)
-                    except RunBackendError as exc:
-                        self._unavailable(exc)
-                        self.mark(r)
             if not self._outbox:
                 self._flushed.unpark_all()
 
@@ -501,8 +504,9 @@ class Node:
                 self.send(c.node, Command(kind=CommandKind.CLOSE, run_id=c.run_id, conn=c.conn, body=body))
             return
         if kind is CommandKind.CLAIM:
-            holder = self._remote[c.conn] = RemoteHolder(self, run, c.conn)
-            run.claim(holder)
+            claimant = RemoteHolder(self, run, c.conn)
+            self._remote[c.conn] = claimant
+            run.claim(claimant)
             return
         remote = self._remote.get(c.conn)
         if remote is None or remote.run is not run:

@@ -174,7 +174,7 @@ class RedisBackend:
             return []
         try:
             async with self.client.pipeline(transaction=False, raise_on_error=False) as p:
-                results = [self._append(self._run_keys(a.lease.run_id), _append_args(self.node, a), client=p) for a in appends]
+                results: list[Any] = [self._append(self._run_keys(a.lease.run_id), _append_args(self.node, a), client=p) for a in appends]
                 self._queue_commands(p, commands)
             statuses = []
             for a, result in zip(appends, results, strict=True):
@@ -212,7 +212,8 @@ class RedisBackend:
     async def take_over(self, run_id: str, lease_ttl_s: float) -> tuple[TakeOver, NodeId | None]:
         lease, events, state, ended = self._run_keys(run_id)
         try:
-            status, owner = await self._take_over([lease, state, ended], [self.node, _ms(lease_ttl_s)])
+            reply: Any = await self._take_over([lease, state, ended], [self.node, _ms(lease_ttl_s)])
+            status, owner = str(reply[0]), str(reply[1])
         except (coredis.exceptions.RedisError, OSError) as exc:
             raise self._error(exc, "taking a run over") from None
         return TakeOver(status), owner or None
@@ -222,9 +223,10 @@ class RedisBackend:
         chunks = [owned[i : i + RENEW_CHUNK_RUNS] for i in range(0, len(owned), RENEW_CHUNK_RUNS)]
         try:
             async with self.client.pipeline(transaction=False) as p:
-                renewals = []
+                renewals: list[Any] = []
                 for chunk in chunks:
-                    keys, args = [], [self.node]
+                    keys: list[str] = []
+                    args: list[str | int] = [self.node]
                     for lease in chunk:
                         keys += self._run_keys(lease.run_id)
                         args += [_ms(lease.lease_ttl_s), _ms(lease.state_ttl_s)]
@@ -233,7 +235,8 @@ class RedisBackend:
                 p.pexpire(self._inbox_key, _ms(INBOX_TTL_S))
                 alive = p.mget([self._node_key(n) for n in watched]) if watched else None
                 owners = p.mget([self._run_keys(r)[0] for r in followed]) if followed else None
-            lost, missing = set(), set()
+            lost: set[str] = set()
+            missing: set[str] = set()
             for chunk, result in zip(chunks, renewals, strict=True):
                 lost_at, missing_at = await result
                 lost.update(chunk[int(i)].run_id for i in lost_at)
@@ -279,10 +282,11 @@ class RedisBackend:
         for key, entries in (found or {}).items():
             if key == self._inbox_key:
                 for e in entries:
-                    self._inbox_after = e.identifier
+                    self._inbox_after = str(e.identifier)
                     fv = e.field_values
                     try:
-                        commands.append(Command(kind=CommandKind(fv["k"]), run_id=fv["run"], conn=fv.get("c", ""), body=fv.get("b", "")))
+                        kind = CommandKind(str(fv["k"]))
+                        commands.append(Command(kind=kind, run_id=str(fv["run"]), conn=str(fv.get("c", "")), body=str(fv.get("b", ""))))
                     except (KeyError, ValueError):
                         log.warning("runs %s: ignoring an inbox entry this version does not know: %r", self.name, dict(fv))
             elif key in by_key:

@@ -449,9 +449,9 @@ class ChatRun:
         self._accepted = dict(snapshot.accepted)
         self._turns = OrderedDict()
         for p in snapshot.turns:
-            request = TurnRequest(id=p.id, message_number=p.message_number, message=p.message, context=p.context, agent=p.agent)
+            pending = TurnRequest(id=p.id, message_number=p.message_number, message=p.message, context=p.context, agent=p.agent)
             self._accepted[p.id] = p.message_number
-            self._turns[p.id] = _Turn(request, [p.text] if p.text else [], p.started, escaped_size(p.text))
+            self._turns[p.id] = _Turn(pending, [p.text] if p.text else [], p.started, escaped_size(p.text))
         self._log.clear()
         self._log_bytes = 0
         self._log_dropped_through = self.seq = snapshot.seq
