@@ -218,11 +218,13 @@ def _serve(args: argparse.Namespace) -> int:
     logs.redact(c.settings.secret for c in setup.connectors if c.settings.secret)
     _warn_unauthenticated(setup)
     if setup.workers.workers > 1:
-        _print_generated(setup)
         _pass_generated_secrets(doc, setup)
         argv = worker_argv(args.log_level, args.log_format)
         server = setup.server
-        code: int = trio.run(partial(serve_workers, doc, setup.workers.workers, argv, host=server.host, port=server.port))
+        run = partial(
+            serve_workers, doc, setup.workers.workers, argv, host=server.host, port=server.port, on_ready=partial(_print_generated, setup)
+        )
+        code: int = trio.run(run)
         return code
     tune_gc()
     trio.run(_run_gateway, setup)

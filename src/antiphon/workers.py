@@ -33,7 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import trio
@@ -174,9 +174,18 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket | None, int]:
     return sock, int(sock.getsockname()[1])
 
 
-async def serve_workers(document: dict[str, Any], count: int, argv: Sequence[str], *, host: str, port: int) -> int:
+async def serve_workers(
+    document: dict[str, Any],
+    count: int,
+    argv: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
     """Run ``count`` workers (``argv`` starts one) serving ``document`` on ``host:port`` until a signal; see the module docstring.
 
+    ``on_ready`` is called once every worker listens, before the ready line is printed.
     Returns the exit status: 0 after a drain, a worker's own status when the first
     could not start. Raises :class:`ListenError` when port 0 cannot be resolved.
     """
@@ -195,6 +204,8 @@ async def serve_workers(document: dict[str, Any], count: int, argv: Sequence[str
                     supervisor.signal_all(signal.SIGTERM)
                     await _wait_all(supervisor)
                     return next(r for r in results if r is not None) or 1
+                if on_ready is not None:
+                    on_ready()
                 print(f"{supervisor.ready_line}, {count} workers (pids {_pids(supervisor)})", flush=True)
                 for worker in supervisor.workers:
                     nursery.start_soon(supervisor.supervise, worker, nursery)

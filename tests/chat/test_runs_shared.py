@@ -244,3 +244,34 @@ async def test_a_gracefully_stopping_owner_hands_its_runs_over_at_once(autojump_
         assert (await second.receive_json())["type"] == "ack"
         assert trio.current_time() - t0 < LEASE_TTL_S
         assert b.registry is not None and b.registry.runs[run_id].follow is None  # B owns it now
+
+
+async def test_turns_queued_behind_the_interrupted_one_run_on_the_new_owner(autojump_clock: Any) -> None:
+    """A dies with m1 running and m2 queued (acked): B ends m1 `failed` and then runs m2, once, to completion."""
+    never = trio.Event()
+    calls: list[str] = []
+
+    async def agent(turn: Turn) -> AsyncIterator[str]:
+        calls.append(turn.message)
+        yield f"to {turn.message}"
+        if turn.message == "first":
+            await never.wait()
+
+    async with two_gateways(agent) as (_, a, b, nursery):
+        first, run_id = await connect(a, nursery)
+        await first.send_json({"type": "message", "id": "m1", "payload": {"message": "first"}})
+        await first.send_json({"type": "message", "id": "m2", "payload": {"message": "second"}})
+        got = [await first.receive_json() for _ in range(4)]
+        assert sorted((e["type"], e["id"]) for e in got) == [("ack", "m1"), ("ack", "m2"), ("stream_chunk", "m1"), ("stream_start", "m1")]
+        backend = a.runs_backend
+        assert isinstance(backend, MemoryBackend)
+        backend.set_cut(True)
+        await first.stream.aclose()
+        second, _ = await connect(b, nursery)
+        await second.send_json({"type": "resume", "connector_run_id": run_id, "last_seq": 4})
+        assert (await second.receive_json())["type"] == "resumed"
+        events = await until_end(second)  # m1's end
+        assert [(e["type"], e["id"]) for e in events] == [("error", "m1"), ("stream_end", "m1")] and events[-1]["status"] == "failed"
+        events = await until_end(second)  # then m2, run by B
+        assert [(e["type"], e["seq"]) for e in events] == [("stream_start", 7), ("stream_chunk", 8), ("stream_end", 9)]
+        assert events[-1]["status"] == "completed" and calls == ["first", "second"]

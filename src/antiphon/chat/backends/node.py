@@ -86,6 +86,8 @@ UNFLUSHED_HIGH_BYTES: Final = 64 * 1024
 """A turn waits while more than this of its run's frames is not yet durable (a slow backend slows agents)."""
 APPEND_MAX_BYTES: Final = 256 * 1024
 """Frame text per run per write: bounds one round trip; the rest goes in the next."""
+TRIM_EVERY_FRAMES: Final = 64
+"""The backend's log is trimmed once this many frames may go (not at every append: trimming costs Redis a scan)."""
 OUTBOX_BATCH: Final = 1000
 """Commands to other nodes per write."""
 RETRY_MIN_S: Final = 0.05
@@ -134,6 +136,7 @@ class Replica:
         self.snapshot_bytes = 0
         self.since_snapshot_bytes = 0
         self.unflushed_bytes = 0
+        self.trimmed_from = 0  # the backend's log holds no frame below this seq
         self.requests: dict[int, str] = {}  # ack seq -> its request, until written
         self.accepted: deque[tuple[float, MessageId]] = deque()
         self.replace = False
@@ -189,6 +192,8 @@ class Replica:
             return None
         snap_seq = last if snapshot is not None else self.snapshot_seq
         keep_from = min(state.log_first_seq, snap_seq + 1) if snap_seq >= 0 else None
+        if keep_from is not None and keep_from < self.trimmed_from + TRIM_EVERY_FRAMES and snapshot is None:
+            keep_from = None
         return Append(lease=self.lease(), frames=frames, after=start, snapshot=snapshot, keep_from=keep_from, replace=self.replace)
 
     def _recent_ids(self) -> list[MessageId]:
@@ -216,6 +221,8 @@ class Replica:
                 self.requests.pop(f.seq, None)
         state.visible_through = self.flushed
         self.unflushed_bytes = max(0, self.unflushed_bytes - size) if not append.replace else 0
+        if append.keep_from is not None:
+            self.trimmed_from = append.keep_from
         if append.snapshot is not None:
             self.snapshot_seq, self.snapshot_bytes, self.since_snapshot_bytes = self.flushed, len(append.snapshot), 0
         else:

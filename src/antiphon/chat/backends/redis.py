@@ -11,9 +11,10 @@ Keys (``{run}`` and ``{node}`` are Redis Cluster hash tags, so each run's keys s
 
 A run's events and state expire ``state_ttl`` after its owner last wrote or renewed
 (``resume_grace`` plus the lease TTL); its frames are trimmed (XTRIM MINID) to what a
-resume replays and what a rebuild needs. Every append runs in one Lua script that
-checks the lease and the log's last id before it writes (a deposed owner, or a
-retried append, cannot write), so coredis' own retries are off and the caller retries.
+resume replays and what a rebuild needs. A writer batch is one Lua call (a few for
+hundreds of runs) that, for each run, checks the lease and the log's last id before it
+writes (a deposed owner, or a retried append, cannot write), so coredis' own retries
+are off and the caller retries.
 A node waits on its inbox and every run it follows with one XREAD BLOCK (one
 connection per process, however many runs); another node wakes it with an XADD.
 """
@@ -56,42 +57,59 @@ WAIT_MAX_FRAMES: Final = 1000
 """Entries one XREAD returns per stream: bounds one wait's memory; the rest come with the next."""
 RENEW_CHUNK_RUNS: Final = 1000
 """Runs per renewal script call: one call blocks Redis for well under a millisecond."""
+APPEND_CHUNK_RUNS: Final = 256
+"""Runs per append script call (a writer batch is one call, or a few): bounds how long one call holds Redis."""
 CONNECT_TIMEOUT_S: Final = 5.0
 """How long connecting to Redis may take at start before ``serve`` gives up."""
 
 _APPEND: Final = """
-local node, after, n = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[8])
-local last = after
-if n > 0 then last = tonumber(ARGV[9 + (n - 1) * 3]) end
-local owner = redis.call('GET', KEYS[1])
-if (owner and owner ~= node) or redis.call('EXISTS', KEYS[4]) == 1 then return 'lost' end
-local top = 0
-local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if newest[1] then top = tonumber(string.match(newest[1][1], '^(%d+)')) end
-local stored = redis.call('EXISTS', KEYS[3]) == 1
-if ARGV[7] == '1' then
-  if stored then return 'lost' end
-  redis.call('DEL', KEYS[2])
-elseif top ~= after then
-  if top == last and last > after then return 'ok' end
-  if not stored then return 'missing' end
-  return 'lost'
-elseif after > 0 and not stored then
-  return 'missing'
-end
-if not owner then redis.call('SET', KEYS[1], node, 'PX', ARGV[2]) end
-for i = 0, n - 1 do
-  local b = 9 + i * 3
-  if ARGV[b + 2] == '' then
-    redis.call('XADD', KEYS[2], ARGV[b] .. '-0', 't', ARGV[b + 1])
-  else
-    redis.call('XADD', KEYS[2], ARGV[b] .. '-0', 't', ARGV[b + 1], 'r', ARGV[b + 2])
+-- Every run of a batch in one call: KEYS are 4 per run (lease, events, state, ended);
+-- ARGV is the node, then per run: lease ms, state ms, after, snapshot, keep_from,
+-- replace, n, then n times (seq, text, request). Returns one status per run.
+local node, a, out = ARGV[1], 2, {}
+for r = 0, #KEYS / 4 - 1 do
+  local lease, events, state, ended = KEYS[r * 4 + 1], KEYS[r * 4 + 2], KEYS[r * 4 + 3], KEYS[r * 4 + 4]
+  local after, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 6])
+  local first = a + 7
+  local last = after
+  if n > 0 then last = tonumber(ARGV[first + (n - 1) * 3]) end
+  local owner = redis.call('GET', lease)
+  local top = 0
+  local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+  if newest[1] then top = tonumber(string.match(newest[1][1], '^(%d+)')) end
+  local status = 'ok'
+  if owner ~= node or top ~= after or after == 0 or ARGV[a + 5] == '1' then
+    -- Not the usual case (our lease, the log where we left it): look closer.
+    local stored = redis.call('EXISTS', state) == 1
+    if (owner and owner ~= node) or redis.call('EXISTS', ended) == 1 then
+      status = 'lost'
+    elseif ARGV[a + 5] == '1' then
+      if stored then status = 'lost' else redis.call('DEL', events) end
+    elseif top ~= after then
+      if top == last and last > after then status = 'done' elseif not stored then status = 'missing' else status = 'lost' end
+    elseif after > 0 and not stored then
+      status = 'missing'
+    end
+    if status == 'ok' and not owner then redis.call('SET', lease, node, 'PX', ARGV[a]) end
   end
+  if status == 'ok' then
+    for i = 0, n - 1 do
+      local b = first + i * 3
+      if ARGV[b + 2] == '' then
+        redis.call('XADD', events, ARGV[b] .. '-0', 't', ARGV[b + 1])
+      else
+        redis.call('XADD', events, ARGV[b] .. '-0', 't', ARGV[b + 1], 'r', ARGV[b + 2])
+      end
+    end
+    if ARGV[a + 3] ~= '' then redis.call('SET', state, ARGV[a + 3], 'PX', ARGV[a + 1]) end
+    if ARGV[a + 4] ~= '' then redis.call('XTRIM', events, 'MINID', ARGV[a + 4]) end
+    if n > 0 and (after == 0 or ARGV[a + 5] == '1') then redis.call('PEXPIRE', events, ARGV[a + 1]) end
+  end
+  if status == 'done' then status = 'ok' end
+  out[r + 1] = status
+  a = first + n * 3
 end
-if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3]) end
-if ARGV[6] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[6]) end
-if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
-return 'ok'
+return out
 """
 
 _TAKE_OVER: Final = """
@@ -172,17 +190,25 @@ class RedisBackend:
     async def write(self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()) -> list[AppendStatus]:
         if not appends and not commands:
             return []
+        chunks = [appends[i : i + APPEND_CHUNK_RUNS] for i in range(0, len(appends), APPEND_CHUNK_RUNS)]
         try:
             async with self.client.pipeline(transaction=False, raise_on_error=False) as p:
-                results: list[Any] = [self._append(self._run_keys(a.lease.run_id), _append_args(self.node, a), client=p) for a in appends]
+                results: list[Any] = []
+                for chunk in chunks:
+                    keys: list[str] = []
+                    args: list[str | int] = [self.node]
+                    for a in chunk:
+                        keys += self._run_keys(a.lease.run_id)
+                        args += _append_args(a)
+                    results.append(self._append(keys, args, client=p))
                 self._queue_commands(p, commands)
-            statuses = []
-            for a, result in zip(appends, results, strict=True):
+            statuses: list[AppendStatus] = []
+            for chunk, result in zip(chunks, results, strict=True):
                 try:
-                    statuses.append(AppendStatus(await result))
+                    statuses += [AppendStatus(str(s)) for s in await result]
                 except coredis.exceptions.ResponseError as exc:
-                    log.error("runs %s: appending to run %s failed: %s", self.name, a.lease.run_id, exc)
-                    statuses.append(AppendStatus.LOST)
+                    log.error("runs %s: appending to %d runs failed: %s", self.name, len(chunk), exc)
+                    statuses += [AppendStatus.LOST] * len(chunk)
             return statuses
         except (coredis.exceptions.RedisError, OSError) as exc:
             raise self._error(exc, "writing") from None
@@ -297,9 +323,8 @@ class RedisBackend:
         """Nothing to do: :func:`open_redis_backend` closes the client."""
 
 
-def _append_args(node: NodeId, a: Append) -> list[str | int]:
+def _append_args(a: Append) -> list[str | int]:
     args: list[str | int] = [
-        node,
         _ms(a.lease.lease_ttl_s),
         _ms(a.lease.state_ttl_s),
         a.after,
