@@ -7,12 +7,14 @@ real), but deterministic: leases lapse and takeovers happen at exact times.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.testing
+from wsproto.events import TextMessage
 
 from antiphon.chat import ChatGateway, Turn
 from antiphon.chat.backends import MemoryBackend, MemoryRuns
@@ -275,3 +277,24 @@ async def test_turns_queued_behind_the_interrupted_one_run_on_the_new_owner(auto
         events = await until_end(second)  # then m2, run by B
         assert [(e["type"], e["seq"]) for e in events] == [("stream_start", 7), ("stream_chunk", 8), ("stream_end", 9)]
         assert events[-1]["status"] == "completed" and calls == ["first", "second"]
+
+
+async def test_a_message_sent_right_after_resumed_elsewhere_is_accepted_while_the_replay_runs(autojump_clock: Any) -> None:
+    """A client that sends its next message as soon as it reads `resumed` on B gets it acked and run by A."""
+    async with two_gateways(gated(trio.Event(), first="done", rest=())) as (_, a, b, nursery):
+        first, run_id = await connect(a, nursery)
+        await first.send_json({"type": "message", "id": "m1", "payload": {"message": "go"}})
+        # the agent waits forever after its first chunk: m1 stays running on A
+        assert [(await first.receive_json())["type"] for _ in range(3)] == ["ack", "stream_start", "stream_chunk"]
+        await first.stream.aclose()
+        second, _ = await connect(b, nursery)
+        resume = json.dumps({"type": "resume", "connector_run_id": run_id, "last_seq": 0})
+        message = json.dumps({"type": "message", "id": "m2", "payload": {"message": "next"}})
+        # One write: B reads both in one batch, so the message is handled while the resume is
+        # still being looked up, and reaches A before B's connection has caught up.
+        await second.stream.send_all(second.ws.send(TextMessage(data=resume)) + second.ws.send(TextMessage(data=message)))
+        events = [await second.receive_json() for _ in range(5)]
+        assert [(e["type"], e.get("id")) for e in events] == [
+            ("resumed", None), ("ack", "m1"), ("stream_start", "m1"), ("stream_chunk", "m1"), ("ack", "m2")
+        ]
+        assert events[-1]["seq"] == 4

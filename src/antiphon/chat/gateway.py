@@ -94,6 +94,7 @@ class ChatSessionHandler(SessionHandler):
         self.run: LiveRun | None = None
         self.chat = ChatSession(connector.settings, authenticated=authenticated, new_run=self._new_run)
         self.session: Session | None = None
+        self._held: list[str | bytes] | None = None  # frames that came while a shared resume was looked up
 
     def _new_run(self) -> ChatRun:
         run = self.run = self.registry.create(self.connector.path, self.connector.settings, self.connector.agents)
@@ -105,6 +106,9 @@ class ChatSessionHandler(SessionHandler):
         self._apply(self.chat.open())
 
     def on_message(self, session: Session, message: str | bytes) -> None:
+        if self._held is not None:
+            self._held.append(message)  # after the resume, in order (reading is paused: one batch at most)
+            return
         self._apply(self.chat.receive(message))
 
     def on_timer(self, session: Session) -> None:
@@ -164,8 +168,9 @@ class ChatSessionHandler(SessionHandler):
     def _resume(self, session: Session, run_id: str, last_seq: int) -> None:
         target = self.registry.find(run_id, self.connector.path)
         if target is None and self.registry.shared:
-            # The backend may have it: look it up without reading on, so that no message
-            # lands in the fresh run meanwhile.
+            # The backend may have it: look it up without reading on, and hold what came in
+            # the same batch, so that no message lands in the fresh run meanwhile.
+            self._held = []
             session.pause_reading()
             session.nursery.start_soon(self._resume_shared, session, run_id, last_seq)
             return
@@ -190,6 +195,13 @@ class ChatSessionHandler(SessionHandler):
             session.resume_reading()
         if target is not None and self.session is session:
             self._resume_into(session, target, last_seq)
+        held, self._held = self._held or [], None
+        for message in held:
+            if self.session is not session:
+                break
+            self._apply(self.chat.receive(message))
+        if held:
+            session.flush()
 
     def _resume_into(self, session: Session, target: LiveRun, last_seq: int) -> None:
         fresh, self.run = self.run, target

@@ -569,8 +569,8 @@ class LiveRun:
 
     def receive_forwarded(self, message: UserMessage, holder: RunHolder) -> None:
         """The owner: a message a client connected elsewhere sent, as the gateway would have handled it."""
-        if holder is not self.holder:
-            return  # from a connection the run no longer has
+        if holder is not self.holder and holder is not self.claimant:
+            return  # from a connection the run no longer has (a claimant's count: it is replaying)
         result = self.state.accept(message)
         if isinstance(result, TurnRequest):
             self.accept(result)

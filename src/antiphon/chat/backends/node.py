@@ -529,7 +529,7 @@ class Node:
             message = decode_client_message(c.body)
             if isinstance(message, UserMessage):
                 run.receive_forwarded(message, remote)
-        elif kind is CommandKind.CANCEL and run.holder is remote:
+        elif kind is CommandKind.CANCEL and (run.holder is remote or run.claimant is remote):
             id = orjson.loads(c.body)
             if isinstance(id, str | int):
                 run.cancel(id)
@@ -639,7 +639,8 @@ class Node:
             if follow is None:
                 return
             if status is TakeOver.HELD:
-                follow.owner = owner
+                if owner is not None and owner != follow.owner:
+                    follow.reclaim(owner)  # another process took it first: claim it there
                 return
             stored = await self.backend.load(run.run_id) if status is TakeOver.TAKEN else None
             if stored is None:
