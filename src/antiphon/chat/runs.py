@@ -32,7 +32,8 @@ when its client closed normally (1000), when the server ended the session on pur
 queued, with a final ``cancelled`` event, stored as such.
 
 Shared runs. Without a run backend (the default) the above is all. With one (see
-:mod:`antiphon.chat.backends.node`) a run this process owns has a ``replica``: its
+:mod:`antiphon.chat.backends.node`; LiveRun's methods for it are in
+:mod:`antiphon.chat.backends.shared_run`) a run this process owns has a ``replica``: its
 frames reach the connection only once the backend holds them (the node's writer
 delivers them, corked, and calls ``turn_ended``), and a turn waits while too much is
 not yet durable. A run owned elsewhere, for a client connected here, is a
@@ -49,13 +50,14 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
+from antiphon.chat.backends.shared_run import SharedRun
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine._util import around_suspensions
 from antiphon.engine.session import Session
@@ -71,13 +73,13 @@ from antiphon.proto.chat.messages import (
     UserMessage,
     encode_event,
 )
-from antiphon.proto.chat.run import ChatRun, Refused, ReplyTooLong, TurnRequest
+from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
 if TYPE_CHECKING:
-    from antiphon.chat.backends.base import Frame
-    from antiphon.chat.backends.node import Follow, Node, Replica
+    from antiphon.chat.backends.node import Node
+    from antiphon.chat.backends.replica import Follow, Replica
 
 __all__ = ["LiveRun", "RunHolder", "RunRegistry"]
 
@@ -115,8 +117,8 @@ class RunHolder(Protocol):
     def run_lost(self, code: int, reason: str) -> None: ...
 
 
-class LiveRun:
-    """One conversation's tasks and state; see the module docstring."""
+class LiveRun(SharedRun):
+    """One conversation's tasks and state; see the module docstring (shared runs: :class:`SharedRun`)."""
 
     def __init__(
         self,
@@ -517,119 +519,6 @@ class LiveRun:
         for request in self.state.pending_requests():
             await self._finish_turn(request, TurnStatus.CANCELLED, None, None, now())
         self._flush()
-
-
-    # ------------------------------------------------------------------ shared runs (a run backend)
-
-    def deliver_visible(self) -> None:
-        """Send the attached connection every frame that became visible (durable, or arrived from the owner).
-
-        Corked: one write for the lot. Once it has everything, the connection hears the
-        turn ended (a draining connection may close then, never before its last frames).
-        """
-        holder = self.holder
-        top = self.state.visible_seq
-        if holder is None or self._delivered >= top:
-            return
-        session = holder.session
-        if session is None:  # a connection on another node: it reads the backend itself
-            self._delivered = top
-            return
-        session.cork()
-        try:
-            for seq, text in self.state.log_after(self._delivered):
-                if seq > top:
-                    break
-                holder.deliver(text)
-        finally:
-            session.uncork()
-        self._delivered = top
-        if top == self.state.seq:
-            holder.turn_ended()
-
-    def frames_arrived(self, frames: Iterable[Frame]) -> None:
-        """A follower: the owner's frames, in order; apply them to the replica and deliver them.
-
-        Raises :class:`~antiphon.errors.LocalProtocolError` when they do not follow on (reload the run).
-        """
-        state = self.state
-        for frame in frames:
-            if frame.seq > state.seq:
-                state.apply_frame(frame.seq, frame.text, frame.request)
-        if self.follow is not None:
-            self.follow.settled()
-        self.deliver_visible()
-
-    def forward(self, message: UserMessage) -> None:
-        """A follower: a client's message for the owner to number (``backend_unavailable`` when it cannot go)."""
-        follow = self.follow
-        if follow is None or not follow.forward(message):
-            text = "the runs backend cannot be reached; send the message again later"
-            self.notify(ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=text, id=message.id))
-
-    def receive_forwarded(self, message: UserMessage, holder: RunHolder) -> None:
-        """The owner: a message a client connected elsewhere sent, as the gateway would have handled it."""
-        if holder is not self.holder and holder is not self.claimant:
-            return  # from a connection the run no longer has (a claimant's count: it is replaying)
-        result = self.state.accept(message)
-        if isinstance(result, TurnRequest):
-            self.accept(result)
-        elif isinstance(result, Ack):
-            holder.deliver(encode_event(result))
-        elif isinstance(result, Refused):
-            holder.deliver(encode_event(result.event))
-
-    def became_owner(self, forwarded: Iterable[UserMessage]) -> None:
-        """A follower took the run over: end the interrupted turn, run the queued ones, accept what was never acked.
-
-        The interrupted turn is the oldest pending one, ended ``failed`` (``turn_interrupted``)
-        with the text its clients were sent; an agent call is never made twice.
-        """
-        self.follow = None
-        state = self.state
-        pending = state.pending_requests()
-        # The oldest turn was running, or about to: its agent may have been called before
-        # its first frame was durable, so it ends failed and is never run twice.
-        self._interrupted = pending[:1]
-        self._turns.extend(pending[1:])
-        self._unacked = list(forwarded)  # accepted once the interrupted turn has ended
-        self._ensure_started()
-
-    def _accept_unacked(self) -> None:
-        messages, self._unacked = self._unacked, []
-        for message in messages:
-            result = self.state.accept(message)
-            holder = self.holder
-            if isinstance(result, TurnRequest):
-                self.accept(result)
-            elif holder is not None and isinstance(result, Ack | Refused):
-                holder.deliver(encode_event(result.event if isinstance(result, Refused) else result))
-
-    def lose(self) -> None:
-        """Another process owns the run now: stop here without a word; clients reconnect and resume there."""
-        if self.lost or self.ended:
-            return
-        self.lost = True
-        for holder in (self.holder, self.claimant):
-            if holder is not None:
-                holder.run_lost(CloseCode.SERVICE_RESTART, "the run moved to another server: reconnect and resume")
-        self.end()
-
-    def release(self) -> None:
-        """Shutting down: stop the running turn (``cancelled``), keep the queued ones, let another process own the run.
-
-        A follower's connection is closed with 1012: its client reconnects and resumes elsewhere.
-        """
-        if self.ended:
-            return
-        if self.follow is not None:
-            for holder in (self.holder, self.claimant):
-                if holder is not None:
-                    holder.run_lost(CloseCode.SERVICE_RESTART, "server restart: reconnect and resume")
-            self.end()
-            return
-        self.releasing = True
-        self.end()
 
 
 class RunRegistry:
