@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from attrs import frozen
+from attrs import field, frozen
 
 __all__ = [
     "PostgresServer",
@@ -39,6 +39,7 @@ __all__ = [
     "redis_command",
     "run_postgres",
     "run_redis",
+    "stop_redis",
 ]
 
 HOST: Final = "127.0.0.1"
@@ -64,6 +65,7 @@ class RedisServer:
 
     host: str
     port: int
+    proc: subprocess.Popen[bytes] | None = field(default=None, eq=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -132,8 +134,8 @@ def postgres_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
-def run_redis() -> Iterator[RedisServer]:
-    """Run ``redis-server`` on a free loopback port, in memory only (no RDB, no AOF)."""
+def run_redis(port: int | None = None) -> Iterator[RedisServer]:
+    """Run ``redis-server`` on a free loopback port (or ``port``: a restart), in memory only (no RDB, no AOF)."""
     binary = redis_binary()
     if binary is None:
         raise ServerStartError("redis-server is not installed")
@@ -145,11 +147,17 @@ def run_redis() -> Iterator[RedisServer]:
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "",
             ]  # fmt: skip
 
-        proc, port = _start(argv, base, "Ready to accept connections", owner=None)
+        proc, port = _start(argv, base, "Ready to accept connections", owner=None, port=port)
         try:
-            yield RedisServer(HOST, port)
+            yield RedisServer(HOST, port, proc)
         finally:
             _stop(proc, signal.SIGTERM)
+
+
+def stop_redis(server: RedisServer) -> None:
+    """Kill a server from :func:`run_redis` now (SIGKILL: it vanishes as in a crash), inside its block."""
+    assert server.proc is not None
+    _stop(server.proc, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -221,11 +229,12 @@ def _as(owner: pwd.struct_passwd | None) -> dict[str, Any]:
 
 
 def _start(
-    argv: Callable[[int], list[str]], base: Path, ready: str, *, owner: pwd.struct_passwd | None
+    argv: Callable[[int], list[str]], base: Path, ready: str, *, owner: pwd.struct_passwd | None, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a server on a free port (another port if that one was taken meanwhile) and wait until ready."""
-    for attempt in range(PORT_ATTEMPTS):
-        port = _free_port()
+    """Start a server on a free port (another port if that one was taken meanwhile), or on ``port``, and wait until ready."""
+    wanted = port
+    for attempt in range(PORT_ATTEMPTS if wanted is None else 1):
+        port = _free_port() if wanted is None else wanted
         log = base / f"server-{attempt}.log"
         # The log is a file, not a pipe: a pipe nobody drains would block a chatty server.
         with open(log, "wb") as out:

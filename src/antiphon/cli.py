@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +26,7 @@ from typing import Any, Final
 import trio
 
 from antiphon import __version__, logs
+from antiphon.chat.backends import RunBackend, open_backend
 from antiphon.chat.config import GatewaySetup, build, read_file, store_location
 from antiphon.chat.gateway import ChatGateway
 from antiphon.chat.report import runs_json, runs_table, transcript_json, transcript_text
@@ -37,12 +40,13 @@ from antiphon.chat.store import (
 )
 from antiphon.errors import AntiphonError, ConfigError
 from antiphon.tuning import tune_gc
+from antiphon.workers import WORKER_FLAG, serve_workers, worker_argv
 
 __all__ = ["CONNECTOR_FLAGS", "TOP_LEVEL_FLAGS", "main"]
 
 SECRET_ENV: Final = "ANTIPHON_SECRET"
 
-TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days")
+TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days", "runs", "lease_ttl", "workers")
 """``antiphon serve`` flags whose dest is a top-level config key (``--shutdown-grace`` is ``shutdown_grace``)."""
 CONNECTOR_FLAGS: Final = ("secret", "session_timeout", "max_messages", "agent", "path", "resume_grace")
 """``antiphon serve`` flags whose dest is a connector key; ``--no-auth`` and ``--no-streaming`` set
@@ -94,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
     serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
     serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
+    serve.add_argument("--runs", metavar="RUNS", help="share runs between processes: a redis://host:6379/0 URL, or 'memory' (default: memory, not shared)")
+    serve.add_argument("--lease-ttl", type=float, metavar="S", help="a dead process's runs are taken over after this (default: 10)")
+    serve.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the port (default: 1; more need --runs redis://...)")
+    serve.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # started by --workers: config on stdin
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
 
@@ -200,15 +208,51 @@ def _as_flag_error(exc: ConfigError) -> ConfigError:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.worker:
+        return _serve_worker(args)
     try:
-        setup = build(_document(args), os.environ, source=args.config)
+        doc = _document(args)
+        setup = build(doc, os.environ, source=args.config)
     except ConfigError as exc:
         raise (exc if args.config else _as_flag_error(exc)) from None
     logs.redact(c.settings.secret for c in setup.connectors if c.settings.secret)
     _warn_unauthenticated(setup)
+    if setup.workers.workers > 1:
+        _pass_generated_secrets(doc, setup)
+        argv = worker_argv(args.log_level, args.log_format)
+        server = setup.server
+        run = partial(
+            serve_workers, doc, setup.workers.workers, argv, host=server.host, port=server.port, on_ready=partial(_print_generated, setup)
+        )
+        code: int = trio.run(run)
+        return code
     tune_gc()
     trio.run(_run_gateway, setup)
     return 0
+
+
+def _serve_worker(args: argparse.Namespace) -> int:
+    """One of ``--workers``: the parent's document on the first line of stdin; serve until told, or the parent is gone."""
+    doc = json.loads(sys.stdin.readline())
+    setup = build({**doc, "workers": 1}, os.environ)
+    logs.redact(c.settings.secret for c in setup.connectors if c.settings.secret)
+    tune_gc()
+    trio.run(partial(_run_gateway, setup, worker=True))
+    return 0
+
+
+def _pass_generated_secrets(doc: dict[str, Any], setup: GatewaySetup) -> None:
+    """Write the secrets made up for connectors into the document, so every worker uses the same."""
+    for table in doc.get("connectors") or [{}]:
+        secret = setup.generated_secrets.get(table.get("path") or "/")
+        if secret is not None:
+            table["secret"] = secret
+    doc.setdefault("connectors", doc.get("connectors") or [{}])
+
+
+def _print_generated(setup: GatewaySetup) -> None:
+    for path, secret in setup.generated_secrets.items():
+        print(f"antiphon: generated secret for {path}: {secret}", flush=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -234,35 +278,57 @@ def _warn_unauthenticated(setup: GatewaySetup) -> None:
             )
 
 
-async def _run_gateway(setup: GatewaySetup) -> None:
-    if setup.store is None:
-        await _serve_gateway(setup, None)
-        return
-    async with open_store(setup.store) as store:
-        await _serve_gateway(setup, store)
+async def _run_gateway(setup: GatewaySetup, *, worker: bool = False) -> None:
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(setup.store)) if setup.store is not None else None
+        backend = await stack.enter_async_context(open_backend(setup.runs))
+        await _serve_gateway(setup, store, backend, worker=worker)
 
 
-async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None) -> None:
-    gateway = ChatGateway(setup.connectors, setup.server, setup.session, store=store, retention_s=setup.retention_s)
+async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None, backend: RunBackend | None, *, worker: bool) -> None:
+    gateway = ChatGateway(
+        setup.connectors,
+        setup.server,
+        setup.session,
+        store=store,
+        retention_s=setup.retention_s,
+        runs=backend,
+        lease_ttl_s=setup.runs.lease_ttl_s,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
-            for path, secret in setup.generated_secrets.items():
-                print(f"antiphon: generated secret for {path}: {secret}", flush=True)
+            if not worker:
+                _print_generated(setup)
             paths = " ".join(sorted(gateway.connectors))
             where = setup.store if setup.store is not None else "nowhere"
-            log.info("transcripts: %s", where)
+            log.info("transcripts: %s; runs: %s", where, setup.runs)
             print(f"antiphon: chat gateway listening on {gateway.url} (paths: {paths})", flush=True)
-            async for signum in signals:
-                log.info(
-                    "%s: shutting down gracefully within %gs (send it again to stop at once)",
-                    signal.Signals(signum).name,
-                    setup.server.shutdown_grace_s,
-                )
-                break
+            stop = trio.Event()
+            nursery.start_soon(_first_signal, signals, stop, setup.server.shutdown_grace_s)
+            if worker:
+                nursery.start_soon(_parent_gone, stop)
+            await stop.wait()
             nursery.start_soon(_stop_on_second_signal, signals, nursery.cancel_scope)
             await gateway.shutdown()
             nursery.cancel_scope.cancel()
+
+
+async def _first_signal(signals: AsyncIterator[int], stop: trio.Event, grace_s: float) -> None:
+    async for signum in signals:
+        log.info("%s: shutting down gracefully within %gs (send it again to stop at once)", signal.Signals(signum).name, grace_s)
+        stop.set()
+        return
+
+
+async def _parent_gone(stop: trio.Event) -> None:
+    # A worker's stdin is the parent's pipe: its end means the parent is gone, so drain.
+    async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as parent:
+        while await parent.receive_some():
+            pass
+    if not stop.is_set():
+        log.warning("the parent process is gone: shutting down gracefully")
+        stop.set()
 
 
 async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:

@@ -23,6 +23,7 @@
     │       └── ClosedWithoutReply     a tool server closed before it replied
     ├── OperationTimeout (TimeoutError)   a deadline passed (Trio's TooSlowError, translated)
     ├── StoreError                     a transcript store could not be reached, read or written
+    ├── RunBackendError                a shared run backend (Redis) could not be reached or refused a command
     ├── RemoteError                    the peer reported a failure in-protocol
     │   ├── ChatError                  the chat gateway sent an ``error`` event
     │   └── ToolCallError              a tool server sent ``tool_error``
@@ -62,6 +63,7 @@ __all__ = [
     "RemoteProtocolError",
     "ReplyTooLarge",
     "ResponseFormatError",
+    "RunBackendError",
     "StoreError",
     "TemplateDeprecationWarning",
     "TemplateError",
@@ -220,6 +222,10 @@ class OperationTimeout(AntiphonError, TimeoutError):
 
 class StoreError(AntiphonError):
     """A transcript store could not be reached, read or written; the message says which store and why."""
+
+
+class RunBackendError(AntiphonError):
+    """A shared run backend could not be reached or refused a command; the message names it and says why."""
 
 
 class RemoteError(AntiphonError):

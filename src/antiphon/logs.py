@@ -24,11 +24,12 @@ LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-QUIET_LOGGERS: Final = ("websockets", "antiphon.wire", "asyncio")
+QUIET_LOGGERS: Final = ("websockets", "antiphon.wire", "asyncio", "coredis")
 """Loggers kept at WARNING whatever the level: websockets logs every handshake line at DEBUG
 (headers and query string, where a chat secret may travel), every frame (the first of which
-may carry it), and "connection open" at INFO for each connection; asyncio logs its selector.
-None of it helps an operator, and antiphon logs its own connection lines."""
+may carry it), and "connection open" at INFO for each connection; asyncio logs its selector;
+coredis logs each of its own retries (a script reloaded after a Redis restart) at INFO.
+None of it helps an operator, and antiphon logs its own connection and backend lines."""
 
 REDACT_MIN_CHARS: Final = 8
 """Shorter secrets are not redacted: replacing every "s" would garble the logs, and a secret that

@@ -8,6 +8,9 @@
     ping_interval = 20
     store = "~/.local/state/antiphon/transcripts.db"   # or "postgresql://...", "memory", "none"
     retention_days = 30         # transcripts idle longer are deleted; 0 keeps them forever
+    runs = "memory"             # or "redis://host:6379/0": runs shared between processes
+    lease_ttl = 10              # a dead process's runs are taken over after this
+    workers = 1                 # worker processes on one port (more than one needs shared runs)
 
     [[connectors]]              # each: ChatSettings fields, plus where and what it serves
     path = "/support"
@@ -20,8 +23,10 @@ Theory of operation
 Every key is a field of a settings class, named as the field without its unit suffix
 (``session_timeout_s`` is written ``session_timeout``):
 
-* the top level holds the fields of :class:`~antiphon.engine.server.ServerConfig` and
-  :class:`~antiphon.engine.session.SessionConfig`, and the file's own keys ``store``,
+* the top level holds the fields of :class:`~antiphon.engine.server.ServerConfig`,
+  :class:`~antiphon.engine.session.SessionConfig`,
+  :class:`~antiphon.chat.backends.RunsSettings` and
+  :class:`~antiphon.workers.WorkerSettings`, and the file's own keys ``store``,
   ``retention_days`` and ``connectors``;
 * a ``[[connectors]]`` table holds the fields of
   :class:`~antiphon.proto.chat.settings.ChatSettings`, the connector's ``path``, and its own
@@ -54,6 +59,7 @@ from attrs import field, frozen
 from cattrs.gen import make_dict_structure_fn, override
 
 from antiphon.chat.agents import DEMO_AGENT_SPEC, Agent, load_agent
+from antiphon.chat.backends import RunsSettings
 from antiphon.chat.gateway import Connector
 from antiphon.chat.store import (
     POSTGRES_SCHEMES,
@@ -66,6 +72,7 @@ from antiphon.engine.session import SessionConfig
 from antiphon.errors import ConfigError
 from antiphon.proto._codec import decode_error, make_converter
 from antiphon.proto.chat.settings import ChatSettings
+from antiphon.workers import WorkerSettings
 
 __all__ = ["CONNECTOR_KEYS", "GatewaySetup", "TOP_LEVEL_KEYS", "build", "load_file", "read_file", "store_location", "toml_key"]
 
@@ -107,6 +114,9 @@ class GatewaySetup:
     store: StoreLocation | None
     """Where transcripts go: a SQLite file, a PostgreSQL URL, ``"memory"``, or None for nowhere."""
     retention_s: float | None
+    runs: RunsSettings = RunsSettings()
+    """Where runs are shared between processes (``memory``: not at all)."""
+    workers: WorkerSettings = WorkerSettings()
 
 
 def toml_key(field_name: str) -> str:
@@ -182,7 +192,7 @@ def _owners(*classes: type) -> dict[str, type]:
     return owners
 
 
-_TOP_LEVEL: Final = _owners(ServerConfig, SessionConfig, _TopLevelKeys)
+_TOP_LEVEL: Final = _owners(ServerConfig, SessionConfig, RunsSettings, WorkerSettings, _TopLevelKeys)
 _CONNECTOR: Final = _owners(ChatSettings, _ConnectorKeys)
 
 TOP_LEVEL_KEYS: Final = tuple(_TOP_LEVEL)
@@ -230,6 +240,12 @@ def _build(doc: Mapping[str, Any], environ: Mapping[str, str], load: Callable[[s
     parts = _split(doc, _TOP_LEVEL, "")
     server = _structure(ServerConfig, parts[ServerConfig], "")
     session = _structure(SessionConfig, parts[SessionConfig], "")
+    runs = _structure(RunsSettings, parts[RunsSettings], "")
+    workers = _structure(WorkerSettings, parts[WorkerSettings], "")
+    if workers.workers > 1 and not runs.shared:
+        raise ConfigError(
+            f"workers: {workers.workers} workers need shared runs (runs = \"redis://...\"): a resume may land on any worker"
+        )
     own = _structure(_TopLevelKeys, parts[_TopLevelKeys], "")
     if own.retention_days < 0:
         raise ConfigError(f"retention_days: must not be negative, got {own.retention_days:g}")
@@ -238,7 +254,7 @@ def _build(doc: Mapping[str, Any], environ: Mapping[str, str], load: Callable[[s
     for i, table in enumerate(own.connectors):
         connectors.append(_connector(table, f"connectors[{i}].", environ, load, generated))
     retention = own.retention_days * 86_400 if own.retention_days else None
-    return GatewaySetup(server, session, connectors, generated, store_location(own.store), retention)
+    return GatewaySetup(server, session, connectors, generated, store_location(own.store), retention, runs, workers)
 
 
 def _connector(

@@ -10,6 +10,10 @@ through :meth:`ChatSessionHandler.deliver`, its one outgoing path. The conversat
 tasks belong to a :class:`~antiphon.chat.runs.LiveRun` in the gateway's runs nursery,
 made when the client authenticates, so a run survives a dropped connection and can be
 resumed, and a client that never authenticates costs nothing but its connection.
+
+With a run backend (``runs``) a client may resume a run another process owns: the
+lookup goes to the backend (the connection's reading pauses meanwhile), and the run
+here is a follower; see :mod:`antiphon.chat.backends.node`.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import trio
 from attrs import field, frozen
 
 from antiphon.chat.agents import Agent, demo_agent
+from antiphon.chat.backends.base import RunBackend
+from antiphon.chat.backends.node import LEASE_TTL_S, Node
 from antiphon.chat.runs import LiveRun, RunRegistry
 from antiphon.chat.store import TranscriptStore, now
 from antiphon.engine.server import Accept as AcceptHandshake
 from antiphon.engine.server import HandshakeRequest, Reject, ServerConfig, SessionServer
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
-from antiphon.errors import ConfigError
+from antiphon.errors import ConfigError, RunBackendError
 from antiphon.proto.chat.messages import ErrorCode, ErrorEvent, encode_event
 from antiphon.proto.chat.run import ChatRun
 from antiphon.proto.chat.session import (
@@ -36,6 +42,7 @@ from antiphon.proto.chat.session import (
     CancelTurn,
     ChatSession,
     Close,
+    Forward,
     HandshakeAuth,
     ResumeRun,
     Send,
@@ -87,6 +94,7 @@ class ChatSessionHandler(SessionHandler):
         self.run: LiveRun | None = None
         self.chat = ChatSession(connector.settings, authenticated=authenticated, new_run=self._new_run)
         self.session: Session | None = None
+        self._held: list[str | bytes] | None = None  # frames that came while a shared resume was looked up
 
     def _new_run(self) -> ChatRun:
         run = self.run = self.registry.create(self.connector.path, self.connector.settings, self.connector.agents)
@@ -98,13 +106,16 @@ class ChatSessionHandler(SessionHandler):
         self._apply(self.chat.open())
 
     def on_message(self, session: Session, message: str | bytes) -> None:
+        if self._held is not None:
+            self._held.append(message)  # after the resume, in order (reading is paused: one batch at most)
+            return
         self._apply(self.chat.receive(message))
 
     def on_timer(self, session: Session) -> None:
         self._apply(self.chat.timer_expired())
 
     def on_shutdown(self, session: Session) -> None:
-        self._apply(self.chat.shutdown())
+        self._apply(self.chat.shutdown(restart=self.registry.shared))
 
     def on_close(self, session: Session) -> None:
         self.session = None
@@ -141,6 +152,9 @@ class ChatSessionHandler(SessionHandler):
                 session.set_timer(action.seconds)
             elif isinstance(action, Send):
                 self.deliver(encode_event(action.event))
+            elif isinstance(action, Forward):
+                assert self.run is not None
+                self.run.forward(action.message)
             elif isinstance(action, CancelTurn):
                 assert self.run is not None
                 self.run.cancel(action.id)
@@ -153,9 +167,43 @@ class ChatSessionHandler(SessionHandler):
 
     def _resume(self, session: Session, run_id: str, last_seq: int) -> None:
         target = self.registry.find(run_id, self.connector.path)
+        if target is None and self.registry.shared:
+            # The backend may have it: look it up without reading on, and hold what came in
+            # the same batch, so that no message lands in the fresh run meanwhile.
+            self._held = []
+            session.pause_reading()
+            session.nursery.start_soon(self._resume_shared, session, run_id, last_seq)
+            return
         if target is None:
             self._apply(self.chat.resume_failed(run_id))
             return
+        self._resume_into(session, target, last_seq)
+
+    async def _resume_shared(self, session: Session, run_id: str, last_seq: int) -> None:
+        c = self.connector
+        try:
+            target = await self.registry.find_shared(run_id, c.path, c.settings, c.agents)
+        except RunBackendError as exc:
+            log.warning("resume of run %s: %s", run_id, exc)
+            text = "the runs backend cannot be reached; resume again later"
+            self.deliver(encode_event(ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=text)))
+            target = None
+        else:
+            if target is None:
+                self._apply(self.chat.resume_failed(run_id))
+        finally:
+            session.resume_reading()
+        if target is not None and self.session is session:
+            self._resume_into(session, target, last_seq)
+        held, self._held = self._held or [], None
+        for message in held:
+            if self.session is not session:
+                break
+            self._apply(self.chat.receive(message))
+        if held:
+            session.flush()
+
+    def _resume_into(self, session: Session, target: LiveRun, last_seq: int) -> None:
         fresh, self.run = self.run, target
         if fresh is not None:
             fresh.detach(self, code=CloseCode.NORMAL, by_peer=True)  # unused: a resume comes before any message
@@ -165,16 +213,20 @@ class ChatSessionHandler(SessionHandler):
         session.nursery.start_soon(self._replay, session, target, replay[-1][0] if replay else last_seq, replay)
 
     async def _replay(self, session: Session, run: LiveRun, through: int, first: list[tuple[int, str]]) -> None:
-        # Replay under backpressure, then keep replaying whatever was logged meanwhile;
-        # attach with no checkpoint after the last look, so no frame falls in between.
+        # Replay under backpressure, then keep replaying whatever was logged meanwhile
+        # (also when the first batch was empty: frames may have come since the resume);
+        # attach with no checkpoint after the last, empty look, so no frame falls in between.
         batch = first
-        while batch:
+        while True:
             for seq, text in batch:
                 await session.wait_for_room()
                 self.deliver(text)
                 through = seq
-            session.flush()
+            if batch:
+                session.flush()
             batch, _ = run.state.replay_after(through)
+            if not batch:
+                break
         run.attach(self)
 
 
@@ -189,7 +241,9 @@ class ChatGateway(SessionServer):
     """A :class:`SessionServer` routing each handshake to its :class:`Connector` by path.
 
     ``store`` keeps transcripts (None keeps none); ``retention_s`` deletes runs idle for
-    longer (None keeps them forever), checked at start and every hour.
+    longer (None keeps them forever), checked at start and every hour. ``runs`` shares
+    runs with other processes through a run backend (None: runs live here alone), whose
+    owners hold ``lease_ttl_s`` leases.
     """
 
     def __init__(
@@ -200,6 +254,8 @@ class ChatGateway(SessionServer):
         *,
         store: TranscriptStore | None = None,
         retention_s: float | None = None,
+        runs: RunBackend | None = None,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         mounted = [connectors] if isinstance(connectors, Connector) else list(connectors)
         if not mounted:
@@ -211,25 +267,57 @@ class ChatGateway(SessionServer):
             self.connectors[c.path] = c
         self.store = store
         self.retention_s = retention_s
+        self.runs_backend = runs
+        self.lease_ttl_s = lease_ttl_s
         self.registry: RunRegistry | None = None
+        self._finished: trio.Event | None = None  # set once run() has returned
         super().__init__(self._route, config, session_config)
 
     async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled or shut down; the runs nursery outlives every connection."""
-        async with trio.open_nursery() as runs:
-            self.registry = RunRegistry(runs, self.store)
-            if self.store is not None and self.retention_s is not None:
-                runs.start_soon(self._sweep, self.store, self.retention_s)
-            try:
-                await super().run(listen=listen, task_status=task_status)
-            finally:
-                runs.cancel_scope.cancel()
+        """Serve until cancelled or shut down; the runs nursery outlives every connection.
+
+        With a run backend, a :meth:`shutdown` releases every run still here (written, its
+        lease let go) for another process to take over, within ``close_timeout``.
+        Cancelling instead abandons them: their leases lapse and other processes take
+        them over then.
+        """
+        finished = self._finished = trio.Event()
+        try:
+            async with trio.open_nursery() as runs:
+                registry = self.registry = RunRegistry(runs, self.store)
+                if self.runs_backend is not None:
+                    registry.node = Node(self.runs_backend, registry, lease_ttl_s=self.lease_ttl_s)
+                    await runs.start(registry.node.run)
+                if self.store is not None and self.retention_s is not None:
+                    runs.start_soon(self._sweep, self.store, self.retention_s)
+                try:
+                    await super().run(listen=listen, task_status=task_status)
+                    if registry.shared:
+                        with trio.move_on_after(self.session_config.close_timeout_s):
+                            await registry.release_all()
+                finally:
+                    runs.cancel_scope.cancel()
+        finally:
+            finished.set()
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """:meth:`SessionServer.shutdown`, then (with a run backend) the release of every run; returns once :meth:`run` has."""
+        await super().shutdown(grace_s)
+        if self._finished is not None:
+            await self._finished.wait()
 
     async def grace_expired(self) -> None:
-        """The shutdown grace is over: end every run, each turn with a final ``cancelled`` event, stored so."""
+        """The shutdown grace is over: end every run, each turn with a final ``cancelled`` event, stored so.
+
+        With a run backend the runs are released instead: the running turn ends
+        ``cancelled``, queued ones wait for the process that takes the run over.
+        """
         if self.registry is not None:
             with trio.move_on_after(self.session_config.close_timeout_s):
-                await self.registry.end_all()
+                if self.registry.shared:
+                    await self.registry.release_all()
+                else:
+                    await self.registry.end_all()
 
     async def _sweep(self, store: TranscriptStore, retention_s: float) -> None:
         while True:
@@ -264,6 +352,8 @@ async def serve_chat(
     *,
     store: TranscriptStore | None = None,
     retention_s: float | None = None,
+    runs: RunBackend | None = None,
+    lease_ttl_s: float = LEASE_TTL_S,
     task_status: trio.TaskStatus[ChatGateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the chat gateway until cancelled or shut down.
@@ -272,6 +362,8 @@ async def serve_chat(
     ``gateway.port`` / ``gateway.url`` tell where, ``await gateway.shutdown()`` stops it
     gracefully. Cancelling the task instead closes every session at once with 1001.
     """
-    gateway = ChatGateway(connectors, config, session_config, store=store, retention_s=retention_s)
+    gateway = ChatGateway(
+        connectors, config, session_config, store=store, retention_s=retention_s, runs=runs, lease_ttl_s=lease_ttl_s
+    )
     await gateway.run(task_status=task_status)  # type: ignore[arg-type]
 

@@ -30,6 +30,16 @@ live - and the registry's single reaper ends it when the grace passes. A run als
 when its client closed normally (1000), when the server ended the session on purpose
 (expiry, limits), or at shutdown. Ending a run ends every turn it still has, running or
 queued, with a final ``cancelled`` event, stored as such.
+
+Shared runs. Without a run backend (the default) the above is all. With one (see
+:mod:`antiphon.chat.backends.node`; LiveRun's methods for it are in
+:mod:`antiphon.chat.backends.shared_run`) a run this process owns has a ``replica``: its
+frames reach the connection only once the backend holds them (the node's writer
+delivers them, corked, and calls ``turn_ended``), and a turn waits while too much is
+not yet durable. A run owned elsewhere, for a client connected here, is a
+*follower* (``follow``): it runs no task; messages, cancels, claims and detaches go to
+the owner; the owner's frames arrive through the node and are delivered the same
+way. The memory path pays one ``is None`` test per frame for all this.
 """
 
 from __future__ import annotations
@@ -42,11 +52,12 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from contextlib import aclosing
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
+from antiphon.chat.backends.shared_run import SharedRun
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine._util import around_suspensions
 from antiphon.engine.session import Session
@@ -59,11 +70,16 @@ from antiphon.proto.chat.messages import (
     ServerEvent,
     StreamEnd,
     TurnStatus,
+    UserMessage,
     encode_event,
 )
 from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
+
+if TYPE_CHECKING:
+    from antiphon.chat.backends.node import Node
+    from antiphon.chat.backends.replica import Follow, Replica
 
 __all__ = ["LiveRun", "RunHolder", "RunRegistry"]
 
@@ -71,6 +87,7 @@ log = logging.getLogger("antiphon.chat")
 
 STORE_TIMEOUT_S: Final = 10.0
 """How long storing a turn's reply may hold back its final event (the event is sent anyway after)."""
+INTERRUPTED_TEXT: Final = "the server running this turn stopped; the turn ended with what it had sent"
 
 # Close codes with which the *server* ends a session on purpose: the run ends with it.
 _FINAL_SERVER_CODES: Final = frozenset(
@@ -100,11 +117,16 @@ class RunHolder(Protocol):
     def run_lost(self, code: int, reason: str) -> None: ...
 
 
-class LiveRun:
-    """One conversation's tasks and state; see the module docstring."""
+class LiveRun(SharedRun):
+    """One conversation's tasks and state; see the module docstring (shared runs: :class:`SharedRun`)."""
 
     def __init__(
-        self, registry: RunRegistry, path: str, settings: ChatSettings, agents: Mapping[str, Agent], run_id: str
+        self,
+        registry: RunRegistry,
+        path: str,
+        settings: ChatSettings,
+        agents: Mapping[str, Agent],
+        run_id: str,
     ) -> None:
         self.registry = registry
         self.path = path
@@ -112,6 +134,12 @@ class LiveRun:
         self.agents = agents
         self.store = registry.store
         self.state = ChatRun(run_id, settings, tuple(agents))
+        self.replica: Replica | None = None
+        """Set when the run is owned here and replicated to a run backend."""
+        self.follow: Follow | None = None
+        """Set when another process owns the run (this one serves a client of it)."""
+        self.lost = False  # another process owns it now: end here without a word
+        self.releasing = False  # shutting down: let another process take it over
         self.holder: RunHolder | None = None
         self.claimant: RunHolder | None = None
         self.ended = False
@@ -129,6 +157,9 @@ class LiveRun:
         self._cancel_requested: MessageId | None = None
         self._idle = False  # the turns task is parked, waiting for a turn
         self._corked: Session | None = None
+        self._delivered = 0  # shared runs: the last seq the attached connection was given
+        self._interrupted: list[TurnRequest] = []  # taken over: turns that were running when the owner stopped
+        self._unacked: list[UserMessage] = []  # taken over: messages forwarded to the old owner, never acked
 
     @property
     def run_id(self) -> str:
@@ -151,19 +182,30 @@ class LiveRun:
     async def _main(self) -> None:
         try:
             with self._scope:
+                while self._interrupted:
+                    request = self._interrupted.pop(0)
+                    with trio.CancelScope(shield=True):
+                        text, code = INTERRUPTED_TEXT, ErrorCode.TURN_INTERRUPTED
+                        await self._finish_turn(request, TurnStatus.FAILED, None, text, now(), code=code)
+                self._accept_unacked()
                 async with trio.open_nursery() as nursery:
                     if self.store is not None:
                         nursery.start_soon(self._ingest_loop)
                     nursery.start_soon(self._turn_loop)
         finally:
-            with trio.CancelScope(shield=True):
-                await self._end_pending_turns()
+            if not self.lost and not self.releasing:
+                with trio.CancelScope(shield=True):
+                    await self._end_pending_turns()
             self.ended = True
             self.registry._forget(self)
             self._done.set()
 
     def end(self) -> None:
-        """End the run now: every turn it still has ends ``cancelled`` (stored so)."""
+        """End the run now: every turn it still has ends ``cancelled`` (stored so).
+
+        A follower only stops following; a run that is being released or was lost ends
+        here without touching its turns (they are another process's now).
+        """
         self.ended = True
         self.grace_deadline = math.inf
         if self._inline is not None:
@@ -198,11 +240,16 @@ class LiveRun:
         self.grace_deadline = math.inf
         if previous is not None and previous is not holder:
             previous.run_lost(CloseCode.RESUMED_ELSEWHERE, "the session was resumed on another connection")
+        if self.follow is not None:
+            self.follow.claimed()
 
     def attach(self, holder: RunHolder) -> None:
         """Make ``holder`` the connection that receives this run's frames live."""
         self.holder, self.claimant = holder, None
         self.grace_deadline = math.inf
+        self._delivered = self.state.visible_seq
+        if self.follow is not None:
+            self.follow.attached()
 
     def detach(self, holder: RunHolder, *, code: int, by_peer: bool) -> None:
         """``holder``'s connection ended with ``code``: end the run, or keep it for a resume."""
@@ -211,6 +258,9 @@ class LiveRun:
         elif self.claimant is holder:
             self.claimant = None
         else:
+            return
+        if self.follow is not None:
+            self.follow.detached(code, by_peer)  # the owner keeps the run, or ends it; nothing is left here
             return
         lost_in_transit = (by_peer and code != CloseCode.NORMAL) or (not by_peer and code not in _FINAL_SERVER_CODES)
         if not lost_in_transit or self.settings.resume_grace_s <= 0:
@@ -221,11 +271,18 @@ class LiveRun:
     # ------------------------------------------------------------------ frames out
 
     def emit(self, event: ServerEvent) -> None:
-        """Number ``event``, log its frame for replay, and send it to the attached connection."""
+        """Number ``event``, log its frame for replay, and send it to the attached connection.
+
+        With a run backend the frame is sent once the backend holds it (:meth:`deliver_visible`).
+        """
         text = self.state.emit(event)
-        holder = self.holder
-        if holder is not None:
-            holder.deliver(text)
+        replica = self.replica
+        if replica is None:
+            holder = self.holder
+            if holder is not None:
+                holder.deliver(text)
+        else:
+            replica.emitted(len(text))
 
     async def emit_wait(self, event: ServerEvent) -> None:
         """:meth:`emit`, after waiting for room on the connection (a slow reader slows the agent)."""
@@ -236,6 +293,8 @@ class LiveRun:
             # Detached (waiting for a resume): still a checkpoint, or an agent that never
             # awaits would stream its whole reply without letting anything else run.
             await trio.lowlevel.checkpoint()
+        if self.replica is not None:
+            await self.replica.wait_for_room()
         self.emit(event)
 
     def notify(self, event: ErrorEvent) -> None:
@@ -252,6 +311,13 @@ class LiveRun:
         Called by the receive task while it handles a frame: without a store the ack is
         left corked for the turns task, which flushes it with the reply.
         """
+        if self.replica is not None:
+            self._ensure_started()  # a shared run's frames go through its tasks
+            if not self.replica.node.available:
+                self.state.withdraw(request)
+                text = "the runs backend cannot be reached; send the message again later"
+                self.notify(ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=text, id=request.id))
+                return
         if self.store is None:
             self._acknowledge(request)
         else:
@@ -261,6 +327,9 @@ class LiveRun:
 
     def cancel(self, id: MessageId) -> None:
         """Stop turn ``id``: cancel it if running, end it at once if still queued."""
+        if self.follow is not None:
+            self.follow.cancel(id)
+            return
         if self._current is not None and self._current.id == id:
             self._cancel_requested = id
             if self._inline is not None:
@@ -278,11 +347,14 @@ class LiveRun:
 
     def _acknowledge(self, request: TurnRequest) -> None:
         self.emit(Ack(id=request.id, message_number=request.message_number))
+        replica = self.replica
+        if replica is not None:
+            replica.acked(self.state.seq, request)
         self._turns.append(request)
         if self._inline is not None or self._current is not None:
             return  # a runner is at work: it takes this turn when its own is done
         session = self.session
-        if self.store is None and session is not None and session.run_inline(self._run_inline):
+        if self.store is None and replica is None and session is not None and session.run_inline(self._run_inline):
             # Right after this batch, in the task that read it: no hand-off, and the
             # ack goes out with the reply. Should the turn block, the session passes
             # reading on, and the turn carries on here.
@@ -291,7 +363,7 @@ class LiveRun:
         self._ensure_started()
         if self._idle:
             # The turns task runs next and flushes the ack with whatever it sends.
-            if session is not None:
+            if session is not None and replica is None:
                 session.defer_flush()
             self._turns_ready.unpark()
 
@@ -423,28 +495,42 @@ class LiveRun:
             if self._cancel_requested == request.id:
                 status = TurnStatus.CANCELLED  # asked for before the turn ended, even if it then finished
                 self._cancel_requested = None
-            if state.is_pending(request.id):
+            if state.is_pending(request.id) and not self.lost:
                 if self.store is None:
                     self._end_turn(request, status, turn, error)
                 else:
                     with trio.CancelScope(shield=True):
                         await self._finish_turn(request, status, turn, error, started_at)
 
-    def _end_turn(self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None) -> None:
-        for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error):
+    def _end_turn(
+        self,
+        request: TurnRequest,
+        status: TurnStatus,
+        turn: Turn | None,
+        error: str | None,
+        code: ErrorCode = ErrorCode.AGENT_ERROR,
+    ) -> None:
+        for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error, code):
             self.emit(event)
         holder = self.holder
-        if holder is not None:
+        if holder is not None and self.replica is None:  # shared: once delivered (deliver_visible)
             holder.turn_ended()
 
     async def _finish_turn(
-        self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, started_at: float
+        self,
+        request: TurnRequest,
+        status: TurnStatus,
+        turn: Turn | None,
+        error: str | None,
+        started_at: float,
+        *,
+        code: ErrorCode = ErrorCode.AGENT_ERROR,
     ) -> None:
         # Stored first, sent after: a client never holds a reply the store lacks.
         if self.store is None:
-            self._end_turn(request, status, turn, error)
+            self._end_turn(request, status, turn, error, code)
             return
-        events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error)
+        events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error, code)
         last = events[-1]
         if self.store is not None and isinstance(last, StreamEnd | Response):
             record = ReplyRecord.of_final_event(
@@ -458,7 +544,7 @@ class LiveRun:
         for event in events:
             self.emit(event)
         holder = self.holder
-        if holder is not None:
+        if holder is not None and self.replica is None:  # shared: once delivered (deliver_visible)
             holder.turn_ended()
 
     async def _end_queued(self, request: TurnRequest) -> None:
@@ -478,21 +564,39 @@ class LiveRun:
 
 
 class RunRegistry:
-    """The live runs of a gateway, by id; the nursery their tasks live in; one reaper for every grace period."""
+    """The live runs of a gateway, by id; the nursery their tasks live in; one reaper for every grace period.
 
-    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None) -> None:
+    ``node`` is the link to a shared run backend, or None (runs live here alone).
+    """
+
+    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None, node: Node | None = None) -> None:
         self.nursery = nursery
         self.store = store
+        self.node = node
         self.runs: dict[str, LiveRun] = {}
         self._graces: list[tuple[float, int, LiveRun]] = []
         self._grace_counter = 0
         self._reaper_wakeup = trio.lowlevel.ParkingLot()
         self._reaper_started = False
 
+    @property
+    def shared(self) -> bool:
+        """True when runs are shared with other processes through a run backend."""
+        return self.node is not None
+
     def create(self, path: str, settings: ChatSettings, agents: Mapping[str, Agent]) -> LiveRun:
         """A new run, known by its id from now on (a client just authenticated)."""
         run = LiveRun(self, path, settings, agents, uuid.uuid4().hex)
         self.runs[run.run_id] = run
+        if self.node is not None:
+            run.replica = self.node.register(run)
+        return run
+
+    def adopt(self, path: str, settings: ChatSettings, agents: Mapping[str, Agent], run_id: str) -> LiveRun:
+        """A replica of a run another process owns, for a client that resumed it here (the node fills it in)."""
+        run = LiveRun(self, path, settings, agents, run_id)
+        run.state.owned = False
+        self.runs[run_id] = run
         return run
 
     def find(self, run_id: str, path: str) -> LiveRun | None:
@@ -501,6 +605,16 @@ class RunRegistry:
         if run is None or run.ended or run.path != path:
             return None
         return run
+
+    async def find_shared(self, run_id: str, path: str, settings: ChatSettings, agents: Mapping[str, Agent]) -> LiveRun | None:
+        """:meth:`find`, else the run from the backend, followed here (or taken over); None when it does not exist.
+
+        Raises :class:`~antiphon.errors.RunBackendError` when the backend cannot be reached.
+        """
+        local = self.find(run_id, path)
+        if local is not None or self.node is None:
+            return local
+        return await self.node.open_remote(run_id, path, lambda: self.adopt(path, settings, agents, run_id))
 
     def hold(self, run: LiveRun, deadline: float) -> None:
         """Keep ``run`` until ``deadline`` for a resume; then the reaper ends it (unless re-attached)."""
@@ -540,6 +654,21 @@ class RunRegistry:
         for run in runs:
             await run.wait_ended()
 
+    async def release_all(self) -> None:
+        """Shutting down with a run backend: release every run for another process to own; see :meth:`LiveRun.release`.
+
+        Returns once each is written and released (the caller bounds the wait).
+        """
+        runs = list(self.runs.values())
+        for run in runs:
+            run.release()
+        for run in runs:
+            await run.wait_ended()
+        if self.node is not None:
+            await self.node.wait_finished(runs)
+
     def _forget(self, run: LiveRun) -> None:
         if self.runs.get(run.run_id) is run:
             del self.runs[run.run_id]
+        if self.node is not None:
+            self.node.forget(run)

@@ -85,6 +85,8 @@ class ServerConfig:
     """``"deflate"`` offers permessage-deflate (inflation bounded by ``max_message_size``); None never does."""
     ssl: ssl.SSLContext | None = field(default=None, eq=False)
     """Serve ``wss://`` with this server-side context; None serves plain ``ws://``."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT: several processes listen on one port, the kernel spreads connections among them."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -177,7 +179,8 @@ class SessionServer:
                 async with trio.open_nursery() as listening:
                     self._listener_scope = listening.cancel_scope
                     if listen:
-                        self._listeners = await open_tcp_listeners(self.config.host, self.config.port)
+                        cfg = self.config
+                        self._listeners = await open_tcp_listeners(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
                         self._address = self._listeners[0].getsockname()[:2]
                         for listener in self._listeners:
                             listening.start_soon(self._accept_loop, listener, handlers)
@@ -373,10 +376,12 @@ class _Closer(trio.abc.AsyncResource):
         await self.transport.aclose()
 
 
-async def open_tcp_listeners(host: str | None, port: int) -> list[socket.socket]:
+async def open_tcp_listeners(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind non-blocking listening sockets for ``host`` (every address it resolves to) and ``port``.
 
-    Raises :class:`~antiphon.errors.ListenError` naming the address, e.g. when it is in use.
+    ``reuse_port`` sets SO_REUSEPORT, so other processes (of the same user) may listen on
+    the same port. Raises :class:`~antiphon.errors.ListenError` naming the address, e.g.
+    when it is in use.
     """
     shown = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
     try:
@@ -393,6 +398,8 @@ async def open_tcp_listeners(host: str | None, port: int) -> list[socket.socket]
             sock = socket.socket(family, type_, proto)
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)

@@ -102,6 +102,10 @@ class ErrorCode(enum.StrEnum):
     SERVER_FULL = "server_full"
     SLOW_CONSUMER = "slow_consumer"
     INTERNAL_ERROR = "internal_error"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    """The shared run backend (Redis) cannot be reached: the message was not accepted; send it again later."""
+    TURN_INTERRUPTED = "turn_interrupted"
+    """The process running the turn stopped; another took the run over and ended the turn ``failed``."""
 
 
 CONTEXT_MAX_DEPTH: Final = 64

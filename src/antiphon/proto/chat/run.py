@@ -22,6 +22,16 @@ The Trio layer only moves what this produces: it never numbers, encodes or logs 
 event itself. Connection matters (authentication, timers, which frame is refused and
 why) belong to :class:`~antiphon.proto.chat.session.ChatSession`, which hands accepted
 messages here.
+
+Shared runs. With a shared run backend a run has one *owner* process, and other
+processes may hold a *replica* of it (``owned = False``) for a client connected there:
+a replica numbers nothing; :meth:`ChatRun.accept` answers :class:`Forward` for a
+message the owner must decide on, and the owner's frames are fed in with
+:meth:`ChatRun.apply_frame`, which updates the replica exactly as :meth:`ChatRun.emit`
+and the turn methods updated the owner. :meth:`ChatRun.snapshot` and :meth:`ChatRun.load`
+move a run between processes. An owner whose frames must be durable before clients see
+them sets ``visible_through``: replay stops there, and the log never drops a frame past
+it.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ from __future__ import annotations
 import math
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, overload
 
+import attrs
 import orjson
 from attrs import define, frozen
 
@@ -53,10 +64,12 @@ from antiphon.proto.chat.messages import (
     encode_event,
 )
 from antiphon.proto.chat.settings import ChatSettings
+from antiphon.proto.chat.snapshot import PendingTurn, RunSnapshot, decode_request
 
 __all__ = [
     "CHARS_PER_TOKEN",
     "ChatRun",
+    "Forward",
     "HistoryEntry",
     "HistoryView",
     "Refused",
@@ -152,6 +165,16 @@ class Refused:
     limit_reached: bool = False
 
 
+@frozen
+class Forward:
+    """A message for a run this process holds a replica of: the owner numbers it, or refuses it.
+
+    ``message`` carries the id it will have (one is made up when the client sent none).
+    """
+
+    message: UserMessage
+
+
 class ReplyTooLong(ValueError):
     """A turn's reply grew past ``max_reply_bytes``: the turn must end as failed."""
 
@@ -194,6 +217,10 @@ class ChatRun:
         self._log: deque[tuple[int, str]] = deque()
         self._log_bytes = 0
         self._log_dropped_through = 0  # highest seq no longer held
+        self.owned = True
+        """False for a replica of a run another process owns (see the module docstring)."""
+        self.visible_through: int | None = None
+        """Frames after this seq are logged but may not be sent yet; None: every logged frame may be."""
 
     # ------------------------------------------------------------------ queries
 
@@ -226,13 +253,27 @@ class ChatRun:
         turn = self._turns.get(id)
         return turn is not None and turn.started
 
+    @property
+    def visible_seq(self) -> int:
+        """The last ``seq`` a client may have been sent (``seq`` unless ``visible_through`` holds frames back)."""
+        return self.seq if self.visible_through is None else self.visible_through
+
+    def message_number_of(self, id: MessageId) -> int | None:
+        """The number of the accepted message ``id``, or None."""
+        return self._accepted.get(id)
+
+    def accepted_ids(self) -> list[MessageId]:
+        """Every message id the run has accepted (and so remembers), oldest first."""
+        return list(self._accepted)
+
     # ------------------------------------------------------------------ accepting messages
 
-    def accept(self, msg: UserMessage) -> TurnRequest | Ack | Refused:
+    def accept(self, msg: UserMessage) -> TurnRequest | Ack | Refused | Forward:
         """Take a user message: a new :class:`TurnRequest`, an :class:`Ack` to resend, or :class:`Refused`.
 
         An id the run accepted before is not run again and does not count: the original
-        ack is the answer (not logged again; the turn's events are in the log).
+        ack is the answer (not logged again; the turn's events are in the log). A replica
+        (``owned = False``) answers :class:`Forward` where the owner would have numbered it.
         """
         if msg.id is not None and msg.id in self._accepted:
             return Ack(id=msg.id, message_number=self._accepted[msg.id])
@@ -246,6 +287,10 @@ class ChatRun:
         if len(self._turns) >= self.settings.max_queued_turns:
             text = f"{len(self._turns)} turns are already waiting; send again later"
             return Refused(ErrorEvent(code=ErrorCode.QUEUE_FULL, message=text, id=msg.id))
+        if not self.owned:
+            if msg.id is None:
+                msg = attrs.evolve(msg, id=self._new_message_id(self.message_count + 1))
+            return Forward(msg)
         self.message_count += 1
         n = self.message_count
         mid = msg.id if msg.id is not None else self._new_message_id(n)
@@ -286,9 +331,14 @@ class ChatRun:
         return [StreamChunk(id=request.id, agent=request.agent, chunk=chunk)] if self.streaming else []
 
     def turn_ended(
-        self, request: TurnRequest, status: TurnStatus, usage: TokenUsage | None = None, error: str | None = None
+        self,
+        request: TurnRequest,
+        status: TurnStatus,
+        usage: TokenUsage | None = None,
+        error: str | None = None,
+        code: ErrorCode = ErrorCode.AGENT_ERROR,
     ) -> list[ServerEvent]:
-        """The turn is over; returns its last events (an ``error`` first when it failed).
+        """The turn is over; returns its last events (an ``error`` with ``code`` first when it failed).
 
         A completed turn joins the history. A cancelled or failed one does not, so the
         next turn's agent never sees a question without its answer.
@@ -304,7 +354,7 @@ class ChatRun:
             self._remember(HistoryEntry("assistant", text))
         out: list[ServerEvent] = []
         if status is TurnStatus.FAILED:
-            out.append(ErrorEvent(code=ErrorCode.AGENT_ERROR, message=error or "the agent failed", id=request.id))
+            out.append(ErrorEvent(code=code, message=error or "the agent failed", id=request.id))
         if self.streaming:
             out.append(StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage, status=status))
         else:
@@ -321,24 +371,160 @@ class ChatRun:
         log.append((self.seq, text))
         self._log_bytes += len(text) + LOG_ENTRY_OVERHEAD_BYTES
         budget = self.settings.replay_max_bytes
-        while self._log_bytes > budget and len(log) > 1:
-            seq, dropped = log.popleft()
-            self._log_bytes -= len(dropped) + LOG_ENTRY_OVERHEAD_BYTES
-            self._log_dropped_through = seq
+        if self._log_bytes > budget:
+            held = self.visible_through
+            while self._log_bytes > budget and len(log) > 1:
+                if held is not None and log[0][0] > held:
+                    break  # not yet durable in the shared backend: it may not go yet
+                seq, dropped = log.popleft()
+                self._log_bytes -= len(dropped) + LOG_ENTRY_OVERHEAD_BYTES
+                self._log_dropped_through = seq
         return text
 
     def replay_after(self, last_seq: int) -> tuple[list[tuple[int, str]], bool]:
-        """Logged frames with ``seq > last_seq`` (seq, wire text), and whether none of them is missing."""
-        frames = [(seq, text) for seq, text in self._log if seq > last_seq]
-        complete = last_seq >= self._log_dropped_through and last_seq <= self.seq
+        """Frames a client may have with ``seq > last_seq`` (seq, wire text), and whether none is missing."""
+        top = self.visible_seq
+        frames = [frame for frame in self.log_after(last_seq) if frame[0] <= top]
+        complete = last_seq >= self._log_dropped_through and last_seq <= top
         return frames, complete
+
+    def log_after(self, seq: int) -> list[tuple[int, str]]:
+        """Every logged frame with a ``seq`` above ``seq``, visible or not, oldest first (costs what it returns)."""
+        out = []
+        for frame in reversed(self._log):
+            if frame[0] <= seq:
+                break
+            out.append(frame)
+        out.reverse()
+        return out
+
+    @property
+    def log_first_seq(self) -> int:
+        """The oldest ``seq`` the log still holds (``seq + 1`` when it holds none)."""
+        return self._log[0][0] if self._log else self.seq + 1
 
     @property
     def log_bytes(self) -> int:
         """What the replay log holds now, in bytes (bounded by ``replay_max_bytes``)."""
         return self._log_bytes
 
+    # ------------------------------------------------------------------ moving a run between processes
+
+    def snapshot(self, *, path: str, accepted: Iterable[MessageId] = ()) -> RunSnapshot:
+        """The run as it is now, for another process; ``accepted`` picks the ids it keeps remembering."""
+        numbers = self._accepted
+        return RunSnapshot(
+            run_id=self.run_id,
+            path=path,
+            seq=self.seq,
+            message_count=self.message_count,
+            history=[(e.role, e.text) for e in self.history()],
+            accepted=[(id, numbers[id]) for id in accepted if id in numbers],
+            turns=[
+                PendingTurn(
+                    id=t.request.id,
+                    message_number=t.request.message_number,
+                    message=t.request.message,
+                    context=dict(t.request.context),
+                    agent=t.request.agent,
+                    started=t.started,
+                    text="".join(t.parts),
+                )
+                for t in self._turns.values()
+            ],
+        )
+
+    def load(self, snapshot: RunSnapshot, frames: Iterable[tuple[int, str, str | None]]) -> None:
+        """Become the run ``snapshot`` and the ``frames`` (seq, text, request) held with it describe.
+
+        ``frames`` are consecutive; those up to the snapshot's ``seq`` are only logged for
+        replay, the later ones are applied. Raises :class:`LocalProtocolError` when they do
+        not line up with the snapshot.
+        """
+        self.seq = self.message_count = 0
+        self._history, self._history_start, self._history_chars = [], 0, 0
+        for role, text in snapshot.history:
+            self._remember(HistoryEntry(role, text))
+        self.message_count = snapshot.message_count
+        self._accepted = dict(snapshot.accepted)
+        self._turns = OrderedDict()
+        for p in snapshot.turns:
+            pending = TurnRequest(id=p.id, message_number=p.message_number, message=p.message, context=p.context, agent=p.agent)
+            self._accepted[p.id] = p.message_number
+            self._turns[p.id] = _Turn(pending, [p.text] if p.text else [], p.started, escaped_size(p.text))
+        self._log.clear()
+        self._log_bytes = 0
+        self._log_dropped_through = self.seq = snapshot.seq
+        for seq, text, request in frames:
+            if seq <= snapshot.seq:
+                if self._log and seq != self._log[-1][0] + 1:
+                    raise LocalProtocolError(f"run {self.run_id}: frame {seq} does not follow {self._log[-1][0]}")
+                if not self._log:
+                    self._log_dropped_through = seq - 1
+                self._keep(seq, text)
+            else:
+                self.apply_frame(seq, text, request)
+        if self._log and self._log[-1][0] < snapshot.seq:
+            raise LocalProtocolError(f"run {self.run_id}: the frames end at {self._log[-1][0]}, before the snapshot")
+
+    def apply_frame(self, seq: int, text: str, request: str | None = None) -> None:
+        """Apply a frame the owner emitted (a replica's way of following it); ``request`` comes with acks.
+
+        Raises :class:`LocalProtocolError` when ``seq`` does not follow the last one, or
+        the frame is not one of this run's.
+        """
+        if seq != self.seq + 1:
+            raise LocalProtocolError(f"run {self.run_id}: frame {seq} does not follow {self.seq}")
+        try:
+            event = orjson.loads(text)
+            kind = event["type"]
+            if kind == "ack":
+                id, n = event["id"], event["message_number"]
+                record = decode_request(request) if request is not None else None
+                turn_request = TurnRequest(
+                    id=id,
+                    message_number=n,
+                    message=record.message if record else "",
+                    context=record.context if record else {},
+                    agent=record.agent if record else self.agents[0],
+                )
+                self._accepted[id] = n
+                self.message_count = max(self.message_count, n)
+                self._turns[id] = _Turn(turn_request, [])
+            elif kind == "stream_start":
+                self._turns[event["id"]].started = True
+            elif kind == "stream_chunk":
+                turn = self._turns[event["id"]]
+                chunk = event["chunk"]
+                turn.started = True
+                turn.parts.append(chunk)
+                turn.size += escaped_size(chunk)
+            elif kind == "stream_end" or kind == "response":
+                ended = self._turns.pop(event["id"])
+                if event["status"] == TurnStatus.COMPLETED:
+                    self._remember(HistoryEntry("user", ended.request.message))
+                    self._remember(HistoryEntry("assistant", event["full_response" if kind == "stream_end" else "response"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"run {self.run_id}: frame {seq} does not apply ({type(exc).__name__}: {exc})") from None
+        self.seq = seq
+        self._keep(seq, text)
+
     # ------------------------------------------------------------------ internals
+
+    def _keep(self, seq: int, text: str) -> None:
+        self._log.append((seq, text))
+        self._log_bytes += len(text) + LOG_ENTRY_OVERHEAD_BYTES
+        if self._log_bytes > self.settings.replay_max_bytes:
+            self._trim_log()
+
+    def _trim_log(self) -> None:
+        log, budget, held = self._log, self.settings.replay_max_bytes, self.visible_through
+        while self._log_bytes > budget and len(log) > 1:
+            if held is not None and log[0][0] > held:
+                break  # not yet durable: it must reach the backend before it may go
+            seq, dropped = log.popleft()
+            self._log_bytes -= len(dropped) + LOG_ENTRY_OVERHEAD_BYTES
+            self._log_dropped_through = seq
 
     def _require(self, id: MessageId) -> _Turn:
         try:

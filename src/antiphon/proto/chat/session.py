@@ -14,7 +14,8 @@ what it answers:
   :meth:`~ChatSession.attach` once a ``resume`` found its run;
 * outputs: a list of actions - :class:`Send` a connection event (no ``seq``),
   :class:`Accept` a message (store it, then ack it and queue its turn; turns run one
-  at a time, in order), :class:`CancelTurn`, :class:`ResumeRun` (look the run up),
+  at a time, in order), :class:`~antiphon.proto.chat.run.Forward` it (the run is a
+  replica: its owner, another process, decides), :class:`CancelTurn`, :class:`ResumeRun` (look the run up),
   :class:`SetTimer` (replace the one timer: the auth deadline before authentication,
   the inactivity timeout after), and :class:`Close`.
 
@@ -62,6 +63,7 @@ from antiphon.proto.chat.messages import (
 from antiphon.proto.chat.run import (
     CHARS_PER_TOKEN,
     ChatRun,
+    Forward,
     HistoryEntry,
     Refused,
     TurnRequest,
@@ -78,6 +80,7 @@ __all__ = [
     "ChatSession",
     "ChatSettings",
     "Close",
+    "Forward",
     "HandshakeAuth",
     "HistoryEntry",
     "ResumeRun",
@@ -141,7 +144,7 @@ class Close:
     event: ErrorEvent | None = None
 
 
-Action: TypeAlias = Send | Accept | CancelTurn | ResumeRun | SetTimer | Close
+Action: TypeAlias = Send | Accept | Forward | CancelTurn | ResumeRun | SetTimer | Close
 
 
 class ChatSession:
@@ -211,15 +214,24 @@ class ChatSession:
         event = ErrorEvent(code=ErrorCode.SESSION_EXPIRED, message="session expired after inactivity")
         return [Close(CloseCode.SESSION_EXPIRED, "session expired", event)]
 
-    def shutdown(self) -> list[Action]:
-        """The server is stopping: refuse new messages, close once accepted turns are done."""
+    def shutdown(self, *, restart: bool = False) -> list[Action]:
+        """The server is stopping: refuse new messages, close once accepted turns are done.
+
+        With ``restart`` (runs live on in a shared backend) the close is 1012, which tells a
+        client to reconnect, to another server, and resume.
+        """
         if self.state is SessionState.CLOSED:
             return []
-        event = ErrorEvent(code=ErrorCode.SERVER_SHUTDOWN, message="the server is shutting down")
+        if restart:
+            event = ErrorEvent(code=ErrorCode.SERVER_SHUTDOWN, message="the server is restarting: reconnect and resume")
+            close = Close(CloseCode.SERVICE_RESTART, "server restart", event)
+        else:
+            event = ErrorEvent(code=ErrorCode.SERVER_SHUTDOWN, message="the server is shutting down")
+            close = Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event)
         if self.state is SessionState.AUTHENTICATING:
             self.state = SessionState.CLOSED
-            return [Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event)]
-        return self._start_draining(Close(CloseCode.SERVER_SHUTDOWN, "server shutdown", event), force=True)
+            return [close]
+        return self._start_draining(close, force=True)
 
     def turn_ended(self) -> list[Action]:
         """One of the run's turns ended: a draining session may now close."""
@@ -229,7 +241,7 @@ class ChatSession:
         """``resume`` found ``run``: switch to it; returns the frames to replay (seq, text), then the actions."""
         self.run = run
         frames, complete = run.replay_after(last_seq)
-        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.seq, replayed=len(frames), complete=complete)
+        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.visible_seq, replayed=len(frames), complete=complete)
         return frames, [Send(resumed)]
 
     def resume_failed(self, run_id: str) -> list[Action]:
@@ -269,6 +281,8 @@ class ChatSession:
         result = run.accept(msg)
         if isinstance(result, TurnRequest):
             return [Accept(result)]
+        if isinstance(result, Forward):
+            return [result]
         if isinstance(result, Ack):
             return [Send(result)]
         assert isinstance(result, Refused)
