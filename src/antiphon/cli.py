@@ -42,11 +42,11 @@ __all__ = ["CONNECTOR_FLAGS", "TOP_LEVEL_FLAGS", "main"]
 
 SECRET_ENV: Final = "ANTIPHON_SECRET"
 
-TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days")
+TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days", "certfile", "keyfile")
 """``antiphon serve`` flags whose dest is a top-level config key (``--shutdown-grace`` is ``shutdown_grace``)."""
 CONNECTOR_FLAGS: Final = ("secret", "session_timeout", "max_messages", "agent", "path", "resume_grace")
 """``antiphon serve`` flags whose dest is a connector key; ``--no-auth`` and ``--no-streaming`` set
-``require_auth`` and ``streaming`` to false."""
+``require_auth`` and ``streaming`` to false; ``--no-metrics`` sets the top-level ``metrics``."""
 
 DEFAULT_LOG_LEVEL: Final = "INFO"
 """Every command's log level unless ``--log-level`` says otherwise; ``antiphon chat``'s is WARNING."""
@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
     serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
     serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
+    serve.add_argument("--certfile", metavar="PEM", help="serve wss:// with this certificate chain (PEM)")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)")
+    serve.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics (GET /healthz stays)")
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
 
@@ -114,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
     chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
     chat.add_argument("--agent", metavar="NAME", help="the agent to talk to first, on a connector with several")
+    chat.add_argument("--resume", metavar="RUN_ID", help="continue that run (its replies are replayed) instead of starting one")
     chat.set_defaults(run=_chat, quiet_log_level="WARNING")  # the client's INFO lines would clutter the conversation
 
     from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
@@ -178,10 +182,17 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
             connector["secret"] = os.environ[SECRET_ENV]
         doc = {"connectors": [connector]}
     doc.update({key: getattr(args, key) for key in TOP_LEVEL_FLAGS if getattr(args, key) is not None})
+    if args.no_metrics:
+        doc["metrics"] = False
     return doc
 
 
-_FLAG_KEYS: Final = {**{k: k for k in (*TOP_LEVEL_FLAGS, *CONNECTOR_FLAGS)}, "require_auth": "no_auth", "streaming": "no_streaming"}
+_FLAG_KEYS: Final = {
+    **{k: k for k in (*TOP_LEVEL_FLAGS, *CONNECTOR_FLAGS)},
+    "require_auth": "no_auth",
+    "streaming": "no_streaming",
+    "metrics": "no_metrics",
+}
 
 
 def _flag_name(key: str) -> str:
@@ -305,5 +316,7 @@ def _chat(args: argparse.Namespace) -> int:
     from antiphon.chat.terminal import run_terminal_chat  # noqa: PLC0415 (prompt_toolkit only when chatting)
 
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV) or None
-    code: int = trio.run(partial(run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV))
+    code: int = trio.run(
+        partial(run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV, resume=args.resume)
+    )
     return code

@@ -8,6 +8,9 @@
     ping_interval = 20
     store = "~/.local/state/antiphon/transcripts.db"   # or "postgresql://...", "memory", "none"
     retention_days = 30         # transcripts idle longer are deleted; 0 keeps them forever
+    certfile = "/etc/antiphon/cert.pem"   # serve wss://; keyfile too unless the key is in it
+    keyfile = "/etc/antiphon/key.pem"
+    metrics = true              # GET /metrics on the same port
 
     [[connectors]]              # each: ChatSettings fields, plus where and what it serves
     path = "/support"
@@ -22,7 +25,8 @@ Every key is a field of a settings class, named as the field without its unit su
 
 * the top level holds the fields of :class:`~antiphon.engine.server.ServerConfig` and
   :class:`~antiphon.engine.session.SessionConfig`, and the file's own keys ``store``,
-  ``retention_days`` and ``connectors``;
+  ``retention_days``, ``certfile``, ``keyfile`` (made into ``ServerConfig.ssl``) and
+  ``connectors``;
 * a ``[[connectors]]`` table holds the fields of
   :class:`~antiphon.proto.chat.settings.ChatSettings`, the connector's ``path``, and its own
   ``secret_env`` and ``agent`` / ``agents``.
@@ -63,6 +67,7 @@ from antiphon.chat.store import (
 )
 from antiphon.engine.server import ServerConfig
 from antiphon.engine.session import SessionConfig
+from antiphon.engine.tls import server_context
 from antiphon.errors import ConfigError
 from antiphon.proto._codec import decode_error, make_converter
 from antiphon.proto.chat.settings import ChatSettings
@@ -82,6 +87,8 @@ class _TopLevelKeys:
 
     store: str | None = None
     retention_days: float = 30.0
+    certfile: str | None = None
+    keyfile: str | None = None
     connectors: list[dict[str, Any]] = field(factory=lambda: [{}])
 
 
@@ -233,6 +240,11 @@ def _build(doc: Mapping[str, Any], environ: Mapping[str, str], load: Callable[[s
     own = _structure(_TopLevelKeys, parts[_TopLevelKeys], "")
     if own.retention_days < 0:
         raise ConfigError(f"retention_days: must not be negative, got {own.retention_days:g}")
+    if own.keyfile is not None and own.certfile is None:
+        raise ConfigError("keyfile: give certfile too")
+    if own.certfile is not None:
+        # Checked now: a bad certificate is a start-up error, not a failure at the first client.
+        server = attrs.evolve(server, ssl=server_context(Path(own.certfile).expanduser(), _path(own.keyfile)))
     connectors: list[Connector] = []
     generated: dict[str, str] = {}
     for i, table in enumerate(own.connectors):
@@ -329,6 +341,10 @@ def _structure(cls: type[_T], values: Mapping[str, Any], where: str) -> _T:
         raise ConfigError("; ".join(messages)) from None
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value is not None else None
 
 
 def store_location(value: str | None) -> StoreLocation | None:

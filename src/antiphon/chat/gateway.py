@@ -22,6 +22,7 @@ import trio
 from attrs import field, frozen
 
 from antiphon.chat.agents import Agent, demo_agent
+from antiphon.chat.metrics import ChatMetrics
 from antiphon.chat.runs import LiveRun, RunRegistry
 from antiphon.chat.store import TranscriptStore, now
 from antiphon.engine.server import Accept as AcceptHandshake
@@ -212,12 +213,16 @@ class ChatGateway(SessionServer):
         self.store = store
         self.retention_s = retention_s
         self.registry: RunRegistry | None = None
-        super().__init__(self._route, config, session_config)
+        self.chat_metrics = ChatMetrics()
+        """Turns by status, turn latency, store latency; served at ``GET /metrics`` with the engine's."""
+        super().__init__(self._route, config, session_config, face="chat")
+        if self.metrics_registry is not None:
+            self.metrics_registry.register(self.chat_metrics)
 
     async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or shut down; the runs nursery outlives every connection."""
         async with trio.open_nursery() as runs:
-            self.registry = RunRegistry(runs, self.store)
+            self.registry = RunRegistry(runs, self.store, self.chat_metrics)
             if self.store is not None and self.retention_s is not None:
                 runs.start_soon(self._sweep, self.store, self.retention_s)
             try:
@@ -233,12 +238,14 @@ class ChatGateway(SessionServer):
 
     async def _sweep(self, store: TranscriptStore, retention_s: float) -> None:
         while True:
+            began = trio.current_time()
             try:
                 removed = await store.cleanup(now() - retention_s)
                 if removed:
                     log.info("deleted %d transcripts older than %gs", removed, retention_s)
             except Exception:
                 log.exception("transcript cleanup failed")
+            self.chat_metrics.store_op("cleanup", trio.current_time() - began)
             await trio.sleep(RETENTION_SWEEP_S)
 
     def _route(self, request: HandshakeRequest, *, full: bool) -> AcceptHandshake | Reject:
@@ -247,8 +254,7 @@ class ChatGateway(SessionServer):
             return Reject(404, b"no chat connector at this path\n")
         auth = check_handshake_secret(connector.settings, request.headers, request.target)
         if auth is HandshakeAuth.REJECTED:
-            log.info("handshake from %s: invalid secret", request.remote)
-            return Reject(401, b"invalid secret\n")
+            return Reject(401, b"invalid secret\n")  # the engine logs the refusal (never the secret)
         if full:
             return AcceptHandshake(_ServerFullHandler())
         if self.registry is None:

@@ -47,6 +47,7 @@ from typing import Final, Protocol
 import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
+from antiphon.chat.metrics import ChatMetrics
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine._util import around_suspensions
 from antiphon.engine.session import Session
@@ -285,14 +286,17 @@ class LiveRun:
                 context=dict(request.context),
                 received_at=now(),
             )
+            began = trio.current_time()
             try:
                 await store.save_message(record)
             except Exception:
+                self.registry.metrics.store_op("save_message", trio.current_time() - began)
                 log.exception("run %s: storing message %s failed", self.run_id, request.id)
                 self.state.withdraw(request)
                 text = "the message could not be stored; send it again"
                 self.notify(ErrorEvent(code=ErrorCode.STORE_ERROR, message=text, id=request.id))
                 continue
+            self.registry.metrics.store_op("save_message", trio.current_time() - began)
             self._acknowledge(request)
             self._flush()
 
@@ -349,7 +353,7 @@ class LiveRun:
             message_number=request.message_number,
             agent=request.agent,
         )
-        started_at = now()
+        started_at, began = now(), trio.current_time()
         status, error = TurnStatus.COMPLETED, None
         try:
             for event in state.turn_started(request):
@@ -385,12 +389,16 @@ class LiveRun:
                 self._cancel_requested = None
             if state.is_pending(request.id):
                 if self.store is None:
-                    self._end_turn(request, status, turn, error)
+                    self._end_turn(request, status, turn, error, began)
                 else:
                     with trio.CancelScope(shield=True):
-                        await self._finish_turn(request, status, turn, error, started_at)
+                        await self._finish_turn(request, status, turn, error, started_at, began)
 
-    def _end_turn(self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None) -> None:
+    def _end_turn(
+        self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, began: float | None
+    ) -> None:
+        """End the turn without a store; ``began``: when it started running (Trio's clock), None if it never did."""
+        self.registry.metrics.turn_ended(status, None if began is None else trio.current_time() - began)
         for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error):
             self.emit(event)
         holder = self.holder
@@ -398,11 +406,18 @@ class LiveRun:
             holder.turn_ended()
 
     async def _finish_turn(
-        self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, started_at: float
+        self,
+        request: TurnRequest,
+        status: TurnStatus,
+        turn: Turn | None,
+        error: str | None,
+        started_at: float,
+        began: float | None = None,
     ) -> None:
+        """End the turn: store its reply, then send its final events (``began`` as for :meth:`_end_turn`)."""
         # Stored first, sent after: a client never holds a reply the store lacks.
         if self.store is None:
-            self._end_turn(request, status, turn, error)
+            self._end_turn(request, status, turn, error, began)
             return
         events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error)
         last = events[-1]
@@ -410,11 +425,14 @@ class LiveRun:
             record = ReplyRecord.of_final_event(
                 last, run_id=self.run_id, message_number=request.message_number, started_at=started_at, finished_at=now()
             )
+            saving = trio.current_time()
             with trio.move_on_after(STORE_TIMEOUT_S):
                 try:
                     await self.store.save_reply(record)
                 except Exception:
                     log.exception("run %s: storing the reply to %s failed", self.run_id, request.id)
+            self.registry.metrics.store_op("save_reply", trio.current_time() - saving)
+        self.registry.metrics.turn_ended(status, None if began is None else trio.current_time() - began)
         for event in events:
             self.emit(event)
         holder = self.holder
@@ -440,9 +458,11 @@ class LiveRun:
 class RunRegistry:
     """The live runs of a gateway, by id; the nursery their tasks live in; one reaper for every grace period."""
 
-    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None) -> None:
+    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None, metrics: ChatMetrics | None = None) -> None:
         self.nursery = nursery
         self.store = store
+        self.metrics = metrics if metrics is not None else ChatMetrics()
+        """Turns and store latency, counted whether or not anyone scrapes them (a few additions per turn)."""
         self.runs: dict[str, LiveRun] = {}
         self._graces: list[tuple[float, int, LiveRun]] = []
         self._grace_counter = 0

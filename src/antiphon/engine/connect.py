@@ -35,7 +35,7 @@ from antiphon.engine.transport import (
     Transport,
     TransportBroken,
 )
-from antiphon.engine.wire import WebSocketWire
+from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire
 from antiphon.errors import (
     ConfigError,
     HandshakeError,
@@ -130,7 +130,10 @@ async def connect_websocket(
         if not _TOKEN.match(proto):
             raise LocalProtocolError(f"subprotocol {proto!r} is not a valid HTTP token")
     extensions = [ClientPerMessageDeflateFactory()] if compression == "deflate" else None
-    protocol = ClientProtocol(uri, subprotocols=list(subprotocols) or None, extensions=extensions, max_size=max_message_size)
+    protocol = ClientProtocol(
+        uri, subprotocols=list(subprotocols) or None, extensions=extensions, max_size=max_message_size, logger=PROTOCOL_LOGGER
+    )
+    protocol.debug = False  # never log the request's lines: headers and query string can carry secrets
     request = protocol.connect()
     for name, value in headers:
         request.headers[name] = value
@@ -154,9 +157,19 @@ async def connect_websocket(
                 raise _rejected(url, exc.status) from None
             raise HandshakeError(f"WebSocket handshake with {_safe(url)} failed: {exc}") from None
         if isinstance(exc, (OSError, TransportBroken, trio.BrokenResourceError)):
-            raise HandshakeError(f"cannot connect to {_safe(url)}: {exc}") from None
+            raise HandshakeError(f"cannot connect to {_safe(url)}: {_reason(exc)}") from None
         raise
     return WebSocketWire(protocol, transport, max_message_size=max_message_size, initial=frames)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words: a TLS failure's own text, not Trio's empty BrokenResourceError."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate verify failed: {cause.verify_message} (pass ssl_context, or set SSL_CERT_FILE, to trust its CA)"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    return str(cause) or type(cause).__name__
 
 
 class _Closing(trio.abc.AsyncResource):

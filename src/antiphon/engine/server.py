@@ -19,7 +19,21 @@ what to do (:class:`Accept` with a :class:`~antiphon.engine.session.SessionHandl
 or :class:`Reject`: any plain HTTP response, a refusal or a health check's 200), and
 runs the :class:`~antiphon.engine.session.Session` in that same task. Whatever happens
 on one connection, a bug in a face included, is logged and contained there: the server
-and the other sessions carry on.
+and the other sessions carry on. With ``ssl`` the TLS handshake runs first, under the
+same ``handshake_timeout_s``; a peer that fails it costs its connection only.
+
+Two plain HTTP requests (no ``Upgrade: websocket``) are the engine's own, answered before
+any face sees them: ``GET /healthz`` (200 ``ok`` while accepting, 503 ``draining`` during
+a shutdown) and ``GET /metrics`` (the Prometheus text format of :mod:`.metrics`; off with
+``ServerConfig(metrics=False)``). A WebSocket upgrade to those paths still goes to the face.
+
+Logs: one INFO line per session opened and closed (remote, path, face, close code,
+duration) and per refused handshake (remote, path, status, reason); the path is logged
+without its query string, where a secret may travel, and websockets' own protocol
+logging is quieted (see :data:`~antiphon.engine.wire.PROTOCOL_LOGGER`). Health checks,
+scrapes, timeouts and broken handshakes are DEBUG. The fields also travel as the
+record's ``extra`` attributes (``remote``, ``path``, ``face``, ``close_code``,
+``duration_s``, ``status``) for JSON logs.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from typing import Final
 
 import trio
 from attrs import field, frozen
+from prometheus_client import CollectorRegistry
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
 
@@ -46,6 +61,15 @@ from antiphon.engine.handshake import (
     reject,
     write_pending,
 )
+from antiphon.engine.metrics import (
+    HEALTH_PATH,
+    METRICS_CONTENT_TYPE,
+    METRICS_PATH,
+    ServerCollector,
+    ServerCounters,
+    new_registry,
+    render,
+)
 from antiphon.engine.session import Session, SessionConfig
 from antiphon.engine.transport import (
     SocketTransport,
@@ -53,7 +77,7 @@ from antiphon.engine.transport import (
     Transport,
     TransportBroken,
 )
-from antiphon.engine.wire import WebSocketWire
+from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire
 from antiphon.errors import ConfigError, ListenError
 from antiphon.proto.close import CloseCode
 
@@ -82,6 +106,8 @@ class ServerConfig:
     """``"deflate"`` offers permessage-deflate (inflation bounded by ``max_message_size``); None never does."""
     ssl: ssl.SSLContext | None = field(default=None, eq=False)
     """Serve ``wss://`` with this server-side context; None serves plain ``ws://``."""
+    metrics: bool = True
+    """Answer ``GET /metrics`` with the Prometheus text format; False leaves the path to the face."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -99,13 +125,31 @@ class ServerConfig:
 
 
 class SessionServer:
-    """Serve WebSocket sessions for one face; see the module docstring."""
+    """Serve WebSocket sessions for one face; see the module docstring.
 
-    def __init__(self, router: Router, config: ServerConfig | None = None, session_config: SessionConfig | None = None):
+    ``face`` names the face in logs and metric labels (``chat``, ``tools``, ``media``).
+    :attr:`metrics_registry` is the server's own Prometheus registry (None with
+    ``metrics=False``); a face registers its collectors there.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        config: ServerConfig | None = None,
+        session_config: SessionConfig | None = None,
+        *,
+        face: str = "engine",
+    ):
         self.router = router
         self.config = config or ServerConfig()
         self.session_config = session_config or SessionConfig()
+        self.face = face
         self.sessions: set[Session] = set()
+        self.counters = ServerCounters()
+        self.metrics_registry: CollectorRegistry | None = None
+        if self.config.metrics:
+            self.metrics_registry = new_registry()
+            self.metrics_registry.register(ServerCollector(face, self.counters, lambda: self.sessions, lambda: self._connections))
         self._connections = 0
         self._listeners: list[socket.socket] = []
         self._address: tuple[str, int] | None = None
@@ -302,44 +346,123 @@ class SessionServer:
     def _protocol(self) -> ServerProtocol:
         cfg = self.config
         extensions = [ServerPerMessageDeflateFactory()] if cfg.compression == "deflate" else None
-        return ServerProtocol(max_size=cfg.max_message_size, extensions=extensions)
+        protocol = ServerProtocol(max_size=cfg.max_message_size, extensions=extensions, logger=PROTOCOL_LOGGER)
+        protocol.debug = False  # never log the request's lines: headers and query string can carry secrets
+        return protocol
 
     async def _serve_connection(self, transport: Transport) -> None:
         cfg = self.config
         protocol = self._protocol()
         with trio.move_on_after(cfg.handshake_timeout_s) as scope:
             if isinstance(transport, StreamTransport) and isinstance(transport.stream, trio.SSLStream):
-                await transport.stream.do_handshake()
-            request, frames = await read_request(protocol, transport)
+                try:
+                    await transport.stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    self.counters.handshake("tls")
+                    log.debug("connection from %s: TLS handshake failed: %s", transport.remote, exc.__cause__ or exc)
+                    return
+            try:
+                request, frames = await read_request(protocol, transport)
+            except HandshakeFailed:
+                self.counters.handshake("invalid")
+                raise
         if scope.cancelled_caught:
+            self.counters.handshake("timeout")
             log.debug("connection from %s: no handshake within %gs", transport.remote, cfg.handshake_timeout_s)
             return
-        if self._shutting_down:
-            protocol.send_response(reject(Reject(503, b"the server is shutting down\n")))
-            await write_pending(protocol, transport)
-            return
         info = describe(request, transport.remote)
+        own = self._own_request(info)
+        if own is not None:
+            log.debug("GET %s from %s: %d", info.path, info.remote, own.status)
+            await self._answer(protocol, transport, own)
+            return
+        if self._shutting_down:
+            await self._refuse(protocol, transport, info, Reject(503, b"the server is shutting down\n"))
+            return
         decision = self.router(info, full=len(self.sessions) >= cfg.max_connections)
         if isinstance(decision, Reject):
-            protocol.send_response(reject(decision))
-            with trio.move_on_after(cfg.handshake_timeout_s):
-                await write_pending(protocol, transport)
+            await self._refuse(protocol, transport, info, decision)
             return
         if decision.subprotocol is not None:
             protocol.available_subprotocols = [decision.subprotocol]  # type: ignore[list-item]
         response = protocol.accept(request)
+        if response.status_code != 101:
+            # Not a valid upgrade: websockets answers 400/405/426 itself.
+            body = (response.body or b"").decode("utf-8", "replace")
+            self._log_refused(info, response.status_code, body)
+            protocol.send_response(response)
+            with trio.move_on_after(cfg.handshake_timeout_s):
+                await write_pending(protocol, transport)
+            return
         protocol.send_response(response)
         with trio.move_on_after(cfg.handshake_timeout_s):
             await write_pending(protocol, transport)
-        if response.status_code != 101:
-            return  # not a valid upgrade: websockets answered 400/405/426
+        self.counters.handshake("accepted")
         wire = WebSocketWire(protocol, transport, max_message_size=cfg.max_message_size, initial=frames)
         session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
+        opened = trio.current_time()
+        fields = {"remote": info.remote, "path": info.path, "face": self.face, "session": session.id}
+        log.info("session %s opened: %s %s (%s)", session.id[:8], info.remote, info.path, self.face, extra=fields)
         try:
             await session.run(decision.handler)
         finally:
             self.sessions.discard(session)
+            self.counters.session_ended(session)
+            duration = trio.current_time() - opened
+            log.info(
+                "session %s closed: %s %s (%s) %s%s%s after %.3fs",
+                session.id[:8],
+                info.remote,
+                info.path,
+                self.face,
+                session.close_code,
+                f" {session.close_reason}" if session.close_reason else "",
+                " by the peer" if session.closed_by_peer else "",
+                duration,
+                extra={
+                    **fields,
+                    "close_code": session.close_code,
+                    "close_reason": session.close_reason,
+                    "closed_by_peer": session.closed_by_peer,
+                    "duration_s": round(duration, 6),
+                },
+            )
+
+    def _own_request(self, info: HandshakeRequest) -> Reject | None:
+        """The answer to a plain ``GET /healthz`` or ``GET /metrics``; None leaves the request to the face."""
+        if info.upgrade:
+            return None
+        if info.path == HEALTH_PATH:
+            if self._shutting_down:
+                return Reject(503, b"draining\n")
+            return Reject(200, b"ok\n")
+        if info.path == METRICS_PATH and self.metrics_registry is not None:
+            return Reject(200, render(self.metrics_registry), content_type=METRICS_CONTENT_TYPE)
+        return None
+
+    async def _refuse(self, protocol: ServerProtocol, transport: Transport, info: HandshakeRequest, decision: Reject) -> None:
+        reason = decision.body.decode("utf-8", "replace") if decision.content_type.startswith("text/") else ""
+        self._log_refused(info, decision.status, reason)
+        await self._answer(protocol, transport, decision)
+
+    def _log_refused(self, info: HandshakeRequest, status: int, reason: str) -> None:
+        self.counters.handshake(str(status))
+        reason = " ".join(reason.split())[:200]  # the face's own text: one line, bounded
+        log.info(
+            "handshake refused: %s %s (%s) %d%s",
+            info.remote,
+            info.path,
+            self.face,
+            status,
+            f" {reason}" if reason else "",
+            extra={"remote": info.remote, "path": info.path, "face": self.face, "status": status, "reason": reason},
+        )
+
+    async def _answer(self, protocol: ServerProtocol, transport: Transport, decision: Reject) -> None:
+        protocol.send_response(reject(decision))
+        with trio.move_on_after(self.config.handshake_timeout_s):
+            await write_pending(protocol, transport)
 
 
 class _Closer(trio.abc.AsyncResource):

@@ -131,6 +131,10 @@ class Session:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed_by_peer = False
+        self.messages_in = 0
+        """Whole messages handed to the handler so far (for metrics: one ``+= 1`` each)."""
+        self.messages_out = 0
+        """Messages sent so far (for metrics)."""
         self._handler: SessionHandler | None = None
         self._nursery: trio.Nursery | None = None
         self._high = self.config.send_buffer_high_bytes
@@ -199,6 +203,7 @@ class Session:
             return False
         corked = self._corked and wire.buffered < self._high
         wire.send_message(message, flush=not corked)
+        self.messages_out += 1
         if wire.buffered and not corked and not self._writer_running:
             self._start_writer()
         return True
@@ -376,6 +381,7 @@ class Session:
                             if type(item) is Pong:
                                 self._pong_deadline = math.inf
                             else:
+                                self.messages_in += 1
                                 handler.on_message(self, item)  # type: ignore[arg-type]
                                 if self._closing:
                                     break

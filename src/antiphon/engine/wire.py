@@ -41,7 +41,7 @@ from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 from antiphon.engine.transport import Transport, TransportBroken
 from antiphon.proto.close import CloseCode
 
-__all__ = ["FRAGMENT_OVERHEAD_BYTES", "Pong", "WebSocketWire", "Wire", "WireClosed"]
+__all__ = ["FRAGMENT_OVERHEAD_BYTES", "PROTOCOL_LOGGER", "Pong", "WebSocketWire", "Wire", "WireClosed"]
 
 FRAGMENT_OVERHEAD_BYTES: Final = 64
 """What each fragment of a message counts against ``max_message_size`` beyond its payload."""
@@ -53,8 +53,22 @@ _PONG: Final = Opcode.PONG
 _CLOSE: Final = Opcode.CLOSE
 _UTF8Decoder = codecs.getincrementaldecoder("utf-8")
 
-#: websockets logs "connection open/closed" at INFO for every connection; antiphon logs its own.
-_QUIET = logging.getLogger("antiphon.wire")
+
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Passes on warnings and errors only.
+
+    websockets logs every handshake line at DEBUG (headers and query string, where a
+    secret may travel) and "connection open" / "connection rejected" at INFO for every
+    connection; antiphon logs its own connection lines, without secrets.
+    """
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+PROTOCOL_LOGGER: Final = _QuietLogger(logging.getLogger("antiphon.wire"), {})
+"""The logger every websockets ``Protocol`` the engine makes gets (with ``debug`` off)."""
 
 
 class Pong:
@@ -90,6 +104,16 @@ class Wire:
     def __init__(self) -> None:
         self.buffered = 0
         """Outgoing bytes not yet handed to the network."""
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from the network so far, the opening handshake included (for metrics)."""
+        return 0
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes handed to the network so far, the opening handshake included (for metrics)."""
+        return 0
 
     def send_message(self, data: str | bytes, *, flush: bool = True) -> None:
         """Frame ``data``; with ``flush``, write it now if the transport takes it (see :meth:`flush`)."""
@@ -146,7 +170,7 @@ class WebSocketWire(Wire):
         """``initial``: frames that arrived with the opening handshake (a client that did not wait)."""
         super().__init__()
         self._initial = initial or None
-        protocol.logger = _QUIET
+        protocol.logger = PROTOCOL_LOGGER
         protocol.debug = False
         self.protocol = protocol
         self.transport = transport
@@ -163,6 +187,14 @@ class WebSocketWire(Wire):
         self._budget = 0  # what the fragmented message may still grow by
         self._closed: WireClosed | None = None
         self._aclosed = False
+
+    @property
+    def bytes_in(self) -> int:
+        return self.transport.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.transport.bytes_out
 
     # ------------------------------------------------------------------ sending
 

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -184,6 +185,10 @@ class WebsocketServerParams:
     max_message_size: int = 1 * MIB
     shutdown_grace_s: float = 10.0
     session_config: SessionConfig | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, eq=False)
+    """Serve ``wss://`` with this server-side context (e.g. :func:`antiphon.engine.tls.server_context`)."""
+    metrics: bool = True
+    """Answer ``GET /metrics`` on the same port (``GET /healthz`` is always answered)."""
 
     def __attrs_post_init__(self) -> None:
         validate_media_params(self)
@@ -263,8 +268,11 @@ class WebsocketServerTransport:
                 port=port,
                 max_message_size=self.params.max_message_size,
                 shutdown_grace_s=self.params.shutdown_grace_s,
+                ssl=self.params.ssl_context,
+                metrics=self.params.metrics,
             ),
             self.params.session_config,
+            face="media",
         )
         self._client: MediaSessionHandler | None = None
         self._warned_no_client = False

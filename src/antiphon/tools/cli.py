@@ -33,6 +33,7 @@ import attrs
 import trio
 
 from antiphon.engine.server import ServerConfig
+from antiphon.engine.tls import server_context
 from antiphon.errors import AntiphonError, ConfigError
 from antiphon.proto.utcp.templates import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
 from antiphon.tools.app import MANUAL_PATHS, SECRET_VARIABLE, ToolApp
@@ -61,6 +62,9 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--subprotocol", action="append", default=[], help="a subprotocol to accept (repeatable)")
     serve.add_argument("--expose-errors", action="store_true", help="send a failing tool's exception text to clients")
     serve.add_argument("--call-timeout", type=float, metavar="S", help="seconds one call may take (default: 60)")
+    serve.add_argument("--certfile", metavar="PEM", help="serve wss:// with this certificate chain (PEM)")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)")
+    serve.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics (GET /healthz stays)")
     serve.set_defaults(run=_serve)
 
     call = sub.add_parser("call", help="call a tool on an antiphon tool server and print the result")
@@ -139,7 +143,13 @@ def _serve(args: argparse.Namespace) -> int:
         expose_errors=args.expose_errors or None,
         call_timeout_s=args.call_timeout,
     )
-    trio.run(_run_server, app, ServerConfig(host=args.host, port=args.port))
+    if args.keyfile is not None and args.certfile is None:
+        raise ConfigError("--keyfile: give certfile too")
+    try:
+        tls = server_context(args.certfile, args.keyfile) if args.certfile is not None else None
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}") from None  # "certfile: ..." is the flag's problem here
+    trio.run(_run_server, app, ServerConfig(host=args.host, port=args.port, ssl=tls, metrics=not args.no_metrics))
     return 0
 
 

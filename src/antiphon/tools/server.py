@@ -320,7 +320,7 @@ class ToolServer(SessionServer):
 
     def __init__(self, app: ToolApp, config: ServerConfig | None = None, session_config: SessionConfig | None = None):
         self.app = app
-        super().__init__(self._route, config, session_config)
+        super().__init__(self._route, config, session_config, face="tools")
         self._threads = trio.CapacityLimiter(app.max_threads)
         self._slots: dict[str, _ThreadSlots] = {}
         where = self.config.host or "every interface"
@@ -376,8 +376,7 @@ class ToolServer(SessionServer):
             return None
 
     def _route(self, request: HandshakeRequest, *, full: bool) -> Accept | Reject:
-        if not self.app.authorized(request):
-            log.info("handshake from %s: missing or wrong credentials", request.remote)
+        if not self.app.authorized(request):  # the engine logs the refusal (never the credentials)
             challenge = ((b"WWW-Authenticate", b'Basic realm="antiphon-tools"'),)
             headers = challenge if isinstance(self.app.auth, BasicAuth) else ()
             return Reject(401, b"missing or wrong credentials\n", headers)
