@@ -397,7 +397,7 @@ class ChatClient:
                 try:
                     session = await self._connect_once(started, task_status)
                     started, attempt = True, 0
-                    reason = f"closed {session.close_code}" + (f" {session.close_reason}" if session.close_reason else "")
+                    reason = f"closed {session.close_code} {session.close_reason or ''}".rstrip()
                 except (HandshakeError, OperationTimeout, ConnectionClosed) as exc:
                     if not started:
                         raise
@@ -420,7 +420,9 @@ class ChatClient:
                         self.close_code, self.close_reason = session.close_code, session.close_reason
                     return
                 delay = policy.delay(attempt)
-                self._announce(Reconnecting(attempt=attempt, max_attempts=policy.max_attempts, delay_s=delay, reason=reason))
+                self._announce(
+                    Reconnecting(attempt=attempt, max_attempts=policy.max_attempts, delay_s=delay, reason=reason)
+                )
                 await trio.sleep(delay)
         finally:
             self._live.set()
@@ -487,7 +489,8 @@ class ChatClient:
             # The run the caller asked for is gone: open_chat fails, this connection's fresh run ends.
             raise ChatError(answer.code, answer.message)
         if isinstance(answer, Resumed) and not resuming:
-            self.connected = attrs.evolve(first, session_id=answer.connector_run_id, connector_run_id=answer.connector_run_id)
+            run = answer.connector_run_id
+            self.connected = attrs.evolve(first, session_id=run, connector_run_id=run)
         if isinstance(answer, ErrorEvent):
             # The run is gone (expired, or the server restarted): the conversation is over.
             self._deliver(answer, None)

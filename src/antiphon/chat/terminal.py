@@ -343,7 +343,8 @@ class _Chat:
                 turn.done.set()  # refused, never accepted: no reply will come
         elif isinstance(event, (StreamEnd, Response)):
             # A turn this terminal did not start: the resumed run's, replayed.
-            self.screen.write((event.full_response if isinstance(event, StreamEnd) else event.response).rstrip("\n") + "\n")
+            text = event.full_response if isinstance(event, StreamEnd) else event.response
+            self.screen.write(text.rstrip("\n") + "\n")
         elif isinstance(event, Resumed):
             lost = "" if event.complete else "; some events were lost"
             if self._resumed:
@@ -424,7 +425,8 @@ async def run_terminal_chat(
                     except ChatError as exc:
                         if exc.code != ErrorCode.UNKNOWN_RUN:
                             raise
-                        screen.status(f"[no resumable run {talk.resume_to} (unknown or expired); still in run {chat.session_id}]")
+                        gone, here = talk.resume_to, chat.session_id
+                        screen.status(f"[no resumable run {gone} (unknown or expired); still in run {here}]")
                         resumed = False
                         continue
                     leave.set()  # this conversation's run ends (1000); the resumed one goes on
