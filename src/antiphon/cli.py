@@ -38,7 +38,15 @@ from antiphon.chat.store import (
 from antiphon.errors import AntiphonError, ConfigError
 from antiphon.tuning import tune_gc
 
-__all__ = ["CONNECTOR_FLAGS", "TOP_LEVEL_FLAGS", "main"]
+__all__ = [
+    "CONNECTOR_FLAGS",
+    "DEFAULT_LOG_LEVEL",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "SECRET_ENV",
+    "TOP_LEVEL_FLAGS",
+    "main",
+]
 
 SECRET_ENV: Final = "ANTIPHON_SECRET"
 
@@ -67,10 +75,17 @@ class _Parser(argparse.ArgumentParser):
         # SUPPRESS: a subcommand that is not given the flag leaves the value the top level set.
         group = self.add_argument_group("logging")
         group.add_argument(
-            "--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ..."
+            "--log-level",
+            type=str.upper,
+            choices=logs.LEVELS,
+            default=argparse.SUPPRESS,
+            help="DEBUG, INFO (default), WARNING, ...",
         )
         group.add_argument(
-            "--log-format", choices=("text", "json"), default=argparse.SUPPRESS, help="text (default) or json: one object per line"
+            "--log-format",
+            choices=("text", "json"),
+            default=argparse.SUPPRESS,
+            help="text (default) or json: one object per line",
         )
 
 
@@ -86,14 +101,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--secret", help=f"the clients' secret (default: ${SECRET_ENV}, else one is generated)")
     serve.add_argument("--no-auth", action="store_true", help="accept clients without a secret")
     serve.add_argument("--no-streaming", action="store_true", help="send one `response` instead of a stream")
-    serve.add_argument("--session-timeout", type=float, metavar="S", help="inactivity timeout, 60-86400 s (default: 3600)")
+    serve.add_argument(
+        "--session-timeout", type=float, metavar="S", help="inactivity timeout, 60-86400 s (default: 3600)"
+    )
     serve.add_argument("--max-messages", type=int, metavar="N", help="messages per session, 1-10000 (default: 100)")
     serve.add_argument("--agent", metavar="MODULE:FUNCTION", help="the agent to serve (default: the demo agent)")
     serve.add_argument("--path", help="the path to serve at (default: /)")
-    serve.add_argument("--shutdown-grace", type=float, metavar="S", help="time running turns get to finish on SIGINT/SIGTERM (default: 10)")
-    serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
-    serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
-    serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="S",
+        help="time running turns get to finish on SIGINT/SIGTERM (default: 10)",
+    )
+    serve.add_argument(
+        "--resume-grace",
+        type=float,
+        metavar="S",
+        help="how long a dropped run waits for a resume (default: 60; 0: off)",
+    )
+    serve.add_argument(
+        "--store",
+        metavar="STORE",
+        help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none'"
+        " (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)",
+    )
+    serve.add_argument(
+        "--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)"
+    )
     serve.add_argument("--certfile", metavar="PEM", help="serve wss:// with this certificate chain (PEM)")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)")
     serve.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics (GET /healthz stays)")
@@ -115,9 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk to a chat gateway from the terminal")
     chat.add_argument("url", help="the gateway's ws:// or wss:// URL")
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
-    chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
+    chat.add_argument(
+        "--auth", choices=["message", "header", "query"], default="message", help="how to send the secret"
+    )
     chat.add_argument("--agent", metavar="NAME", help="the agent to talk to first, on a connector with several")
-    chat.add_argument("--resume", metavar="RUN_ID", help="continue that run (its replies are replayed) instead of starting one")
+    chat.add_argument(
+        "--resume", metavar="RUN_ID", help="continue that run (its replies are replayed) instead of starting one"
+    )
     chat.set_defaults(run=_chat, quiet_log_level="WARNING")  # the client's INFO lines would clutter the conversation
 
     from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
@@ -288,7 +326,9 @@ async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.Cancel
 def _store_file(args: argparse.Namespace) -> Path | PostgresUrl:
     location: StoreLocation | None = store_location(args.store)
     if not isinstance(location, Path | PostgresUrl):
-        raise ConfigError(f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read")
+        raise ConfigError(
+            f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read"
+        )
     if isinstance(location, Path) and location.is_dir():
         raise ConfigError(f"store: {str(location)!r} is a directory, not a transcript store")
     return location
@@ -317,6 +357,8 @@ def _chat(args: argparse.Namespace) -> int:
 
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV) or None
     code: int = trio.run(
-        partial(run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV, resume=args.resume)
+        partial(
+            run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV, resume=args.resume
+        )
     )
     return code

@@ -70,6 +70,7 @@ __all__ = [
     "ToolError",
     "TransportError",
     "VariableNotFound",
+    "connection_closed",
 ]
 
 
@@ -157,7 +158,7 @@ class ListenError(TransportError, OSError):
 
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         TransportError.__init__(self, message)
-        self.errno = errno  # type: ignore[misc]
+        self.errno = errno
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -81,7 +81,17 @@ from antiphon.proto.chat.messages import (
 )
 from antiphon.proto.close import CloseCode
 
-__all__ = ["ChatClient", "ReconnectPolicy", "Reconnecting", "Reply", "open_chat"]
+__all__ = [
+    "EVENT_BUFFER_SIZE",
+    "HANDSHAKE_EVENTS",
+    "NO_RECONNECT",
+    "RECONNECT_CODES",
+    "ChatClient",
+    "ReconnectPolicy",
+    "Reconnecting",
+    "Reply",
+    "open_chat",
+]
 
 log = logging.getLogger("antiphon.chat.client")
 
@@ -92,7 +102,13 @@ HANDSHAKE_EVENTS: Final = 16
 """Events held while connecting; a server that sends more before ``connected`` is not speaking the protocol."""
 
 RECONNECT_CODES: Final = frozenset(
-    {CloseCode.ABNORMAL, CloseCode.INTERNAL_ERROR, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.BAD_GATEWAY}
+    {
+        CloseCode.ABNORMAL,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SERVICE_RESTART,
+        CloseCode.TRY_AGAIN_LATER,
+        CloseCode.BAD_GATEWAY,
+    }
 )
 """Close codes after which the client reconnects and resumes: the connection was lost, not ended."""
 
@@ -515,9 +531,13 @@ class ChatClient:
 
 def _reply(event: ServerEvent | None) -> Reply:
     if isinstance(event, StreamEnd):
-        return Reply(id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage, status=event.status)
+        return Reply(
+            id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage, status=event.status
+        )
     assert isinstance(event, Response)
-    return Reply(id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage, status=event.status)
+    return Reply(
+        id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage, status=event.status
+    )
 
 
 @asynccontextmanager

@@ -72,7 +72,18 @@ from antiphon.errors import ConfigError
 from antiphon.proto._codec import decode_error, make_converter
 from antiphon.proto.chat.settings import ChatSettings
 
-__all__ = ["CONNECTOR_KEYS", "GatewaySetup", "TOP_LEVEL_KEYS", "build", "load_file", "read_file", "store_location", "toml_key"]
+__all__ = [
+    "CONNECTOR_KEYS",
+    "SECRET_BYTES",
+    "TOP_LEVEL_KEYS",
+    "UNIT_SUFFIXES",
+    "GatewaySetup",
+    "build",
+    "load_file",
+    "read_file",
+    "store_location",
+    "toml_key",
+]
 
 SECRET_BYTES: Final = 24
 """A generated secret carries 24 random bytes (32 URL-safe characters)."""
@@ -209,7 +220,9 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 
 
-def load_file(path: str | Path, environ: Mapping[str, str], *, load: Callable[[str], Agent] = load_agent) -> GatewaySetup:
+def load_file(
+    path: str | Path, environ: Mapping[str, str], *, load: Callable[[str], Agent] = load_agent
+) -> GatewaySetup:
     """:func:`read_file`, then :func:`build`; every error names the file."""
     return build(read_file(path), environ, source=str(path), load=load)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, Self
 
 import trio
 from attrs import field, frozen
@@ -46,7 +46,13 @@ from antiphon.proto.chat.session import (
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
-__all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
+__all__ = [
+    "RETENTION_SWEEP_S",
+    "ChatGateway",
+    "ChatSessionHandler",
+    "Connector",
+    "serve_chat",
+]
 
 log = logging.getLogger("antiphon.chat")
 
@@ -219,7 +225,7 @@ class ChatGateway(SessionServer):
         if self.metrics_registry is not None:
             self.metrics_registry.register(self.chat_metrics)
 
-    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or shut down; the runs nursery outlives every connection."""
         async with trio.open_nursery() as runs:
             self.registry = RunRegistry(runs, self.store, self.chat_metrics)
@@ -279,5 +285,5 @@ async def serve_chat(
     gracefully. Cancelling the task instead closes every session at once with 1001.
     """
     gateway = ChatGateway(connectors, config, session_config, store=store, retention_s=retention_s)
-    await gateway.run(task_status=task_status)  # type: ignore[arg-type]
+    await gateway.run(task_status=task_status)
 

@@ -58,7 +58,17 @@ from antiphon.proto.chat.messages import (
 )
 from antiphon.proto.close import CloseCode
 
-__all__ = ["run_terminal_chat"]
+__all__ = [
+    "AUTH_CLOSE_CODES",
+    "AUTH_CODES",
+    "CONTINUATION",
+    "EXIT_CLOSED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "HELP",
+    "run_terminal_chat",
+]
 
 EXIT_OK: Final = 0
 EXIT_CLOSED: Final = 1
@@ -351,7 +361,9 @@ class _Chat:
                 self._resumed = False
                 self.screen.status(f"[resumed run {event.connector_run_id}: {event.replayed} events replayed{lost}]")
             else:
-                self.screen.status(f"[reconnected: run {event.connector_run_id} resumed, {event.replayed} events replayed{lost}]")
+                self.screen.status(
+                    f"[reconnected: run {event.connector_run_id} resumed, {event.replayed} events replayed{lost}]"
+                )
 
     def _end_line(self, turn: _Turn) -> None:
         if turn.open_line:

@@ -25,6 +25,7 @@ import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
 from antiphon.engine._util import open_nursery_unwrapped
@@ -44,7 +45,13 @@ from antiphon.errors import (
     OperationTimeout,
 )
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "check_headers", "connect_websocket", "open_client_websocket"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "OpenStream",
+    "check_headers",
+    "connect_websocket",
+    "open_client_websocket",
+]
 
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 """How long dialling plus the opening handshake may take by default."""
@@ -130,8 +137,9 @@ async def connect_websocket(
         if not _TOKEN.match(proto):
             raise LocalProtocolError(f"subprotocol {proto!r} is not a valid HTTP token")
     extensions = [ClientPerMessageDeflateFactory()] if compression == "deflate" else None
+    offered = [Subprotocol(p) for p in subprotocols] or None
     protocol = ClientProtocol(
-        uri, subprotocols=list(subprotocols) or None, extensions=extensions, max_size=max_message_size, logger=PROTOCOL_LOGGER
+        uri, subprotocols=offered, extensions=extensions, max_size=max_message_size, logger=PROTOCOL_LOGGER
     )
     protocol.debug = False  # never log the request's lines: headers and query string can carry secrets
     request = protocol.connect()
@@ -166,7 +174,8 @@ def _reason(exc: BaseException) -> str:
     """What went wrong, in words: a TLS failure's own text, not Trio's empty BrokenResourceError."""
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS certificate verify failed: {cause.verify_message} (pass ssl_context, or set SSL_CERT_FILE, to trust its CA)"
+        hint = "pass ssl_context, or set SSL_CERT_FILE, to trust its CA"
+        return f"TLS certificate verify failed: {cause.verify_message} ({hint})"
     if isinstance(cause, ssl.SSLError):
         return f"TLS handshake failed: {cause.reason or cause}"
     return str(cause) or type(cause).__name__

@@ -42,7 +42,7 @@ import errno
 import logging
 import socket
 import ssl
-from typing import Final
+from typing import Final, Self
 
 import trio
 from attrs import field, frozen
@@ -81,7 +81,18 @@ from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire
 from antiphon.errors import ConfigError, ListenError
 from antiphon.proto.close import CloseCode
 
-__all__ = ["Accept", "HandshakeRequest", "Reject", "Router", "ServerConfig", "SessionServer"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "LISTEN_BACKLOG",
+    "MIB",
+    "Accept",
+    "HandshakeRequest",
+    "Reject",
+    "Router",
+    "ServerConfig",
+    "SessionServer",
+    "open_tcp_listeners",
+]
 
 log = logging.getLogger("antiphon.server")
 
@@ -149,7 +160,9 @@ class SessionServer:
         self.metrics_registry: CollectorRegistry | None = None
         if self.config.metrics:
             self.metrics_registry = new_registry()
-            self.metrics_registry.register(ServerCollector(face, self.counters, lambda: self.sessions, lambda: self._connections))
+            self.metrics_registry.register(
+                ServerCollector(face, self.counters, lambda: self.sessions, lambda: self._connections)
+            )
         self._connections = 0
         self._listeners: list[socket.socket] = []
         self._address: tuple[str, int] | None = None
@@ -202,7 +215,7 @@ class SessionServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(
-        self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED
+        self, *, listen: bool = True, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen and serve until cancelled or until :meth:`shutdown` has finished.
 
@@ -441,7 +454,9 @@ class SessionServer:
             return Reject(200, render(self.metrics_registry), content_type=METRICS_CONTENT_TYPE)
         return None
 
-    async def _refuse(self, protocol: ServerProtocol, transport: Transport, info: HandshakeRequest, decision: Reject) -> None:
+    async def _refuse(
+        self, protocol: ServerProtocol, transport: Transport, info: HandshakeRequest, decision: Reject
+    ) -> None:
         reason = decision.body.decode("utf-8", "replace") if decision.content_type.startswith("text/") else ""
         self._log_refused(info, decision.status, reason)
         await self._answer(protocol, transport, decision)

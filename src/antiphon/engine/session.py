@@ -61,7 +61,12 @@ from antiphon.engine.wire import Pong, Wire, WireClosed
 from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
-__all__ = ["Session", "SessionConfig", "SessionHandler"]
+__all__ = [
+    "KIB",
+    "Session",
+    "SessionConfig",
+    "SessionHandler",
+]
 
 log = logging.getLogger("antiphon.session")
 
@@ -209,7 +214,7 @@ class Session:
         return True
 
     async def send(self, message: str | bytes) -> None:
-        """Send ``message``, first waiting while the peer has ``send_buffer_high_bytes`` unread; dropped once closing."""
+        """Send ``message``, first waiting while the peer has ``send_buffer_high_bytes`` unread; dropped if closing."""
         await self.wait_for_room()
         self.send_nowait(message)
 
@@ -352,7 +357,13 @@ class Session:
                 self.close_code, self.close_reason = CloseCode.GOING_AWAY, "server shutdown"
                 self.wire.discard_buffer()
             await self._finish()
-            log.debug("session %s: closed %s %r%s", self.id, self.close_code, self.close_reason, " by the peer" if self.closed_by_peer else "")
+            log.debug(
+                "session %s: closed %s %r%s",
+                self.id,
+                self.close_code,
+                self.close_reason,
+                " by the peer" if self.closed_by_peer else "",
+            )
             try:
                 handler.on_close(self)
             except Exception:
@@ -464,7 +475,9 @@ class Session:
         wire = self.wire
         deadline = self._close_deadline if self._close_deadline < math.inf else None
         with trio.CancelScope(shield=True):
-            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + self.config.close_timeout_s):
+            with trio.move_on_at(
+                deadline if deadline is not None else trio.current_time() + self.config.close_timeout_s
+            ):
                 if wire.closed is None:
                     wire.start_close(self.close_code or CloseCode.NORMAL, self.close_reason or "")
                 await wire.finish()

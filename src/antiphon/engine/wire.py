@@ -41,7 +41,15 @@ from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 from antiphon.engine.transport import Transport, TransportBroken
 from antiphon.proto.close import CloseCode
 
-__all__ = ["FRAGMENT_OVERHEAD_BYTES", "PROTOCOL_LOGGER", "Pong", "WebSocketWire", "Wire", "WireClosed"]
+__all__ = [
+    "FRAGMENT_OVERHEAD_BYTES",
+    "PROTOCOL_LOGGER",
+    "Incoming",
+    "Pong",
+    "WebSocketWire",
+    "Wire",
+    "WireClosed",
+]
 
 FRAGMENT_OVERHEAD_BYTES: Final = 64
 """What each fragment of a message counts against ``max_message_size`` beyond its payload."""
@@ -330,7 +338,7 @@ class WebSocketWire(Wire):
         for frame in frames:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
-                message = self._assemble(opcode, frame.data, frame.fin)
+                message = self._assemble(opcode, frame.data, frame.fin)  # type: ignore[arg-type]  # the parser yields bytes
                 if message is not None:
                     out.append(message)
                 elif self._closed is not None:

@@ -241,7 +241,9 @@ class WebsocketClientTransport:
     async def connect(self) -> None:
         """Dial the server (no-op when connected or reconnecting); see the module docstring."""
         if self._inner is None or self._stop.is_set():
-            raise LocalProtocolError("the transport is not running: use `async with transport:` or nursery.start(transport.run)")
+            raise LocalProtocolError(
+                "the transport is not running: use `async with transport:` or nursery.start(transport.run)"
+            )
         if self._ended:
             raise LocalProtocolError("this transport's connection has ended; create a new transport")
         if self._connecting:

@@ -63,6 +63,7 @@ __all__ = [
     "ToolPool",
     "closed_error",
     "open_handshake",
+    "run_connection",
 ]
 
 log = logging.getLogger("antiphon.tools")

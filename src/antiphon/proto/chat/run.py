@@ -56,12 +56,14 @@ from antiphon.proto.chat.settings import ChatSettings
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "LOG_ENTRY_OVERHEAD_BYTES",
     "ChatRun",
     "HistoryEntry",
     "HistoryView",
     "Refused",
     "ReplyTooLong",
     "TurnRequest",
+    "escaped_size",
     "estimate_tokens",
 ]
 
@@ -238,7 +240,9 @@ class ChatRun:
             return Ack(id=msg.id, message_number=self._accepted[msg.id])
         agent = msg.agent if msg.agent is not None else self.agents[0]
         if agent not in self.agents:
-            return Refused(ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {quote(agent)}", id=msg.id))
+            return Refused(
+                ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {quote(agent)}", id=msg.id)
+            )
         limit = self.settings.max_messages
         if self.message_count >= limit:
             text = f"the session reached its limit of {limit} messages"
@@ -306,7 +310,9 @@ class ChatRun:
         if status is TurnStatus.FAILED:
             out.append(ErrorEvent(code=ErrorCode.AGENT_ERROR, message=error or "the agent failed", id=request.id))
         if self.streaming:
-            out.append(StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage, status=status))
+            out.append(
+                StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage, status=status)
+            )
         else:
             out.append(Response(id=request.id, agent=request.agent, response=text, token_usage=usage, status=status))
         return out

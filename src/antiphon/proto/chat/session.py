@@ -72,6 +72,8 @@ from antiphon.proto.close import CloseCode
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "SECRET_HEADER",
+    "SECRET_QUERY_KEYS",
     "Accept",
     "Action",
     "CancelTurn",
