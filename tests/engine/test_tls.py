@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -228,3 +230,19 @@ def test_bad_certificate_files_are_one_located_line(
     for (certfile, keyfile), message in cases:
         with pytest.raises(ConfigError, match=message):
             server_context(certfile, keyfile)
+
+
+async def test_the_cli_trusts_a_private_ca_through_ssl_cert_file(
+    tmp_path: Path, server_ssl: ssl.SSLContext, ca: trustme.CA
+) -> None:
+    """`antiphon tools call wss://...` verifies with SSL_CERT_FILE (as the README says); without it, one clear line."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    async with tls_tools(server_ssl) as server:
+        argv = [sys.executable, "-m", "antiphon", "tools", "call", f"wss://localhost:{server.port}", "add", "--arg", "a=5"]
+        env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
+        trusted = await trio.run_process(argv, env={**env, "SSL_CERT_FILE": str(ca_file)}, capture_stdout=True)
+        assert trusted.stdout.decode().strip() == "7"
+        untrusted = await trio.run_process(argv, env=env, capture_stderr=True, check=False)
+        assert untrusted.returncode == 2
+        assert "TLS certificate verify failed" in untrusted.stderr.decode()
