@@ -98,3 +98,18 @@ async def test_debug_shows_no_frames_and_no_handshake_headers(caplog: pytest.Log
         assert not [r for r in caplog.records if r.name.startswith("antiphon.wire")]
         counts.append(len(ours))
     assert counts[0] == counts[1]
+
+
+async def test_a_clients_path_cannot_write_control_characters_into_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """An escape sequence in the request path is logged escaped (the refusal line), never raw."""
+    caplog.set_level(logging.INFO)
+    async with tcp_gateway() as gateway:
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream("127.0.0.1", gateway.port) as stream:
+                await stream.send_all(
+                    b"GET /\x1b[2Jgone HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                assert (await stream.receive_some()).startswith(b"HTTP/1.1 404")
+    (refused,) = server_lines(caplog)
+    assert "\x1b" not in refused.getMessage() and "/\\x1b[2Jgone (chat) 404" in refused.getMessage()

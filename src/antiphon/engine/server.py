@@ -386,7 +386,7 @@ class SessionServer:
         info = describe(request, transport.remote)
         own = self._own_request(info)
         if own is not None:
-            log.debug("GET %s from %s: %d", info.path, info.remote, own.status)
+            log.debug("GET %s from %s: %d", _loggable(info.path), info.remote, own.status)
             await self._answer(protocol, transport, own)
             return
         if self._shutting_down:
@@ -415,8 +415,9 @@ class SessionServer:
         session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
         opened = trio.current_time()
-        fields = {"remote": info.remote, "path": info.path, "face": self.face, "session": session.id}
-        log.info("session %s opened: %s %s (%s)", session.id[:8], info.remote, info.path, self.face, extra=fields)
+        path = _loggable(info.path)
+        fields = {"remote": info.remote, "path": path, "face": self.face, "session": session.id}
+        log.info("session %s opened: %s %s (%s)", session.id[:8], info.remote, path, self.face, extra=fields)
         try:
             await session.run(decision.handler)
         finally:
@@ -427,7 +428,7 @@ class SessionServer:
                 "session %s closed: %s %s (%s) %s%s%s after %.3fs",
                 session.id[:8],
                 info.remote,
-                info.path,
+                path,
                 self.face,
                 session.close_code,
                 f" {session.close_reason}" if session.close_reason else "",
@@ -463,21 +464,27 @@ class SessionServer:
 
     def _log_refused(self, info: HandshakeRequest, status: int, reason: str) -> None:
         self.counters.handshake(str(status))
-        reason = " ".join(reason.split())[:200]  # the face's own text: one line, bounded
+        reason = _loggable(" ".join(reason.split())[:200])  # the face's own text, one line, bounded
+        path = _loggable(info.path)
         log.info(
             "handshake refused: %s %s (%s) %d%s",
             info.remote,
-            info.path,
+            path,
             self.face,
             status,
             f" {reason}" if reason else "",
-            extra={"remote": info.remote, "path": info.path, "face": self.face, "status": status, "reason": reason},
+            extra={"remote": info.remote, "path": path, "face": self.face, "status": status, "reason": reason},
         )
 
     async def _answer(self, protocol: ServerProtocol, transport: Transport, decision: Reject) -> None:
         protocol.send_response(reject(decision))
         with trio.move_on_after(self.config.handshake_timeout_s):
             await write_pending(protocol, transport)
+
+
+def _loggable(text: str) -> str:
+    """``text`` with control characters escaped: a client's path must not write escape codes into a terminal."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class _Closer(trio.abc.AsyncResource):
