@@ -46,6 +46,7 @@ import attrs
 import trio
 from attrs import frozen
 
+from antiphon.chat.reconnect import NO_RECONNECT, RECONNECT_CODES, Reconnecting, ReconnectPolicy
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
@@ -100,53 +101,6 @@ EVENT_BUFFER_SIZE: Final = 1024
 
 HANDSHAKE_EVENTS: Final = 16
 """Events held while connecting; a server that sends more before ``connected`` is not speaking the protocol."""
-
-RECONNECT_CODES: Final = frozenset(
-    {
-        CloseCode.ABNORMAL,
-        CloseCode.INTERNAL_ERROR,
-        CloseCode.SERVICE_RESTART,
-        CloseCode.TRY_AGAIN_LATER,
-        CloseCode.BAD_GATEWAY,
-    }
-)
-"""Close codes after which the client reconnects and resumes: the connection was lost, not ended."""
-
-
-@frozen(kw_only=True)
-class ReconnectPolicy:
-    """How the client retries after a dropped connection: ``max_attempts`` tries, delays growing by ``factor``.
-
-    The delays carry no jitter, so tests can pin them; runs are per client, so a
-    thundering herd only follows a server restart, after which no run is resumable anyway.
-    """
-
-    max_attempts: int = 5
-    initial_delay_s: float = 0.5
-    max_delay_s: float = 10.0
-    factor: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """The wait before try number ``attempt`` (1-based)."""
-        return min(self.max_delay_s, self.initial_delay_s * self.factor ** (attempt - 1))
-
-
-NO_RECONNECT: Final = ReconnectPolicy(max_attempts=0)
-
-
-@frozen(kw_only=True)
-class Reconnecting:
-    """The connection was lost: the client waits ``delay_s``, then makes try ``attempt`` of ``max_attempts``.
-
-    ``reason`` says what ended the last connection or failed the last try (a close code,
-    an error's text). Given to ``open_chat(on_reconnect=...)``.
-    """
-
-    attempt: int
-    max_attempts: int
-    delay_s: float
-    reason: str
-
 
 @frozen(kw_only=True)
 class Reply:

@@ -61,6 +61,7 @@ from antiphon.engine.handshake import (
     reject,
     write_pending,
 )
+from antiphon.engine.listen import LISTEN_BACKLOG, open_tcp_listeners
 from antiphon.engine.metrics import (
     HEALTH_PATH,
     METRICS_CONTENT_TYPE,
@@ -78,7 +79,7 @@ from antiphon.engine.transport import (
     TransportBroken,
 )
 from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire
-from antiphon.errors import ConfigError, ListenError
+from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
 __all__ = [
@@ -99,8 +100,6 @@ log = logging.getLogger("antiphon.server")
 MIB: Final = 1024 * 1024
 ACCEPT_BATCH: Final = 64
 """Connections accepted per wake-up of a listener: a burst of clients costs one wait, not one each."""
-LISTEN_BACKLOG: Final = 4096
-"""Pending connections the kernel queues per listener (capped by net.core.somaxconn)."""
 
 
 @frozen(kw_only=True)
@@ -495,38 +494,3 @@ class _Closer(trio.abc.AsyncResource):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
-
-
-async def open_tcp_listeners(host: str | None, port: int) -> list[socket.socket]:
-    """Bind non-blocking listening sockets for ``host`` (every address it resolves to) and ``port``.
-
-    Raises :class:`~antiphon.errors.ListenError` naming the address, e.g. when it is in use.
-    """
-    shown = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
-    try:
-        infos = await trio.socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}", errno=exc.errno) from None
-    listeners: list[socket.socket] = []
-    seen: set[tuple[int, object]] = set()
-    try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
-                continue
-            seen.add((family, addr))
-            sock = socket.socket(family, type_, proto)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
-        raise ListenError(f"cannot listen on {shown}: {reason}", errno=exc.errno) from None
-    if not listeners:
-        raise ListenError(f"cannot listen on {shown}: no address to bind")
-    return listeners
