@@ -210,7 +210,9 @@ class ReplyTooLarge(ConnectionClosedError):
     the tool for less.
     """
 
-    def __init__(self, code: int, reason: str | None = None, message: str | None = None, *, limit: int | None = None) -> None:
+    def __init__(
+        self, code: int, reason: str | None = None, message: str | None = None, *, limit: int | None = None
+    ) -> None:
         super().__init__(code, reason, message)
         self.limit = limit
 

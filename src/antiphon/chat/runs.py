@@ -66,7 +66,12 @@ from antiphon.proto.chat.run import ChatRun, ReplyTooLong, TurnRequest
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
-__all__ = ["LiveRun", "RunHolder", "RunRegistry"]
+__all__ = [
+    "STORE_TIMEOUT_S",
+    "LiveRun",
+    "RunHolder",
+    "RunRegistry",
+]
 
 log = logging.getLogger("antiphon.chat")
 
@@ -423,7 +428,11 @@ class LiveRun:
         last = events[-1]
         if self.store is not None and isinstance(last, StreamEnd | Response):
             record = ReplyRecord.of_final_event(
-                last, run_id=self.run_id, message_number=request.message_number, started_at=started_at, finished_at=now()
+                last,
+                run_id=self.run_id,
+                message_number=request.message_number,
+                started_at=started_at,
+                finished_at=now(),
             )
             saving = trio.current_time()
             with trio.move_on_after(STORE_TIMEOUT_S):
@@ -458,7 +467,9 @@ class LiveRun:
 class RunRegistry:
     """The live runs of a gateway, by id; the nursery their tasks live in; one reaper for every grace period."""
 
-    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None, metrics: ChatMetrics | None = None) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, store: TranscriptStore | None, metrics: ChatMetrics | None = None
+    ) -> None:
         self.nursery = nursery
         self.store = store
         self.metrics = metrics if metrics is not None else ChatMetrics()

@@ -40,7 +40,15 @@ from antiphon.tools.app import MANUAL_PATHS, SECRET_VARIABLE, ToolApp
 from antiphon.tools.client import ToolClient, open_tool_client
 from antiphon.tools.server import ToolServer
 
-__all__ = ["add_commands", "auth_from_args", "build_app", "call_template", "manual_template", "parse_args"]
+__all__ = [
+    "SECRET_ENV",
+    "add_commands",
+    "auth_from_args",
+    "build_app",
+    "call_template",
+    "manual_template",
+    "parse_args",
+]
 
 log = logging.getLogger("antiphon.tools")
 
@@ -74,9 +82,13 @@ def add_commands(subparsers: Any) -> None:
     _auth_flags(call, "send")
     call.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a handshake header")
     call.add_argument("--protocol", help="the subprotocol to offer")
-    call.add_argument("--timeout", type=float, default=30, metavar="S", help="seconds to wait for the reply (default: 30)")
     call.add_argument(
-        "--stream", action="store_true", help="read frames UTCP-style until stream_end or a close (servers without envelopes)"
+        "--timeout", type=float, default=30, metavar="S", help="seconds to wait for the reply (default: 30)"
+    )
+    call.add_argument(
+        "--stream",
+        action="store_true",
+        help="read frames UTCP-style until stream_end or a close (servers without envelopes)",
     )
     call.set_defaults(run=_call)
 
@@ -159,7 +171,10 @@ async def _run_server(app: ToolApp, config: ServerConfig) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             names = ", ".join(sorted(app.tools)) or "(none)"
-            print(f"antiphon: tool server listening on {server.url} (manual at {MANUAL_PATHS[1]}; tools: {names})", flush=True)
+            print(
+                f"antiphon: tool server listening on {server.url} (manual at {MANUAL_PATHS[1]}; tools: {names})",
+                flush=True,
+            )
             async for signum in signals:
                 logging.getLogger("antiphon").info("%s: shutting down", signal.Signals(signum).name)
                 break

@@ -110,7 +110,9 @@ from antiphon.tools.pool import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
     "ToolClient",
+    "ToolRef",
     "call_tool",
     "call_tool_streaming",
     "open_tool_client",
@@ -163,7 +165,11 @@ class ToolClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if opener is None:
-            opener = functools.partial(open_handshake, ssl_context=ssl_context) if ssl_context is not None else open_handshake
+            opener = (
+                functools.partial(open_handshake, ssl_context=ssl_context)
+                if ssl_context is not None
+                else open_handshake
+            )
         elif ssl_context is not None:
             raise LocalProtocolError("give either opener or ssl_context: an opener makes its own TLS connections")
         self._nursery = nursery
@@ -232,7 +238,9 @@ class ToolClient:
                 yield results
 
     @asynccontextmanager
-    async def call_streaming(self, tool: ToolRef, args: Mapping[str, Any] | None = None) -> AsyncIterator[AsyncIterator[Any]]:
+    async def call_streaming(
+        self, tool: ToolRef, args: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
         """Call a streaming tool; yields an iterator over its results.
 
         ``tool_response`` frames yield their ``result``; ``tool_error`` raises
@@ -386,14 +394,18 @@ class ToolClient:
                 frame = await conn.receive(template.timeout, what, replied=got_frame)
             if frame is None:
                 session = conn.session
-                code = session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
+                code = (
+                    session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
+                )
                 conn.end()
                 if code in _NORMAL_CLOSES:
                     return
                 raise closed_error(session, what, limit=conn.max_message_size, replied=True)
             got_frame = True
             if max_bytes is not None:
-                total += len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+                total += (
+                    len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+                )
                 if total > max_bytes:
                     conn.discard("streamed reply too big", CloseCode.MESSAGE_TOO_BIG)
                     raise ReplyTooLarge(

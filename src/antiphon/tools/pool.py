@@ -129,7 +129,10 @@ def closed_error(session: Session | None, what: str, *, limit: int | None, repli
             limit=limit,
         )
     if code == CloseCode.MESSAGE_TOO_BIG:
-        text = f"{what}: the server closed the connection with 1009 (message too big): the call's message exceeded its limit"
+        text = (
+            f"{what}: the server closed the connection with 1009 (message too big):"
+            " the call's message exceeded its limit"
+        )
     elif replied:
         text = f"{what}: the connection closed with code {code}" + (f" ({reason})" if reason else "")
     else:
