@@ -4,7 +4,9 @@ Counted once per turn and once per store write - never per frame - in plain attr
 of a :class:`ChatMetrics` that the gateway owns, and turned into Prometheus families at
 scrape time by :meth:`ChatMetrics.collect` (registered in the gateway's own registry
 next to the engine's, see :mod:`antiphon.engine.metrics`). Labels are bounded: a turn's
-status (``completed``, ``cancelled``, ``failed``) and a store operation's name.
+status (``completed``, ``cancelled``, ``failed``) and a store operation's name. Durations
+are real time (``time.perf_counter``, half the cost of Trio's clock, and what an operator
+means by latency even under a test clock).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from contextlib import aclosing
+from time import perf_counter
 from typing import Final, Protocol
 
 import trio
@@ -291,17 +292,17 @@ class LiveRun:
                 context=dict(request.context),
                 received_at=now(),
             )
-            began = trio.current_time()
+            began = perf_counter()
             try:
                 await store.save_message(record)
             except Exception:
-                self.registry.metrics.store_op("save_message", trio.current_time() - began)
+                self.registry.metrics.store_op("save_message", perf_counter() - began)
                 log.exception("run %s: storing message %s failed", self.run_id, request.id)
                 self.state.withdraw(request)
                 text = "the message could not be stored; send it again"
                 self.notify(ErrorEvent(code=ErrorCode.STORE_ERROR, message=text, id=request.id))
                 continue
-            self.registry.metrics.store_op("save_message", trio.current_time() - began)
+            self.registry.metrics.store_op("save_message", perf_counter() - began)
             self._acknowledge(request)
             self._flush()
 
@@ -358,7 +359,7 @@ class LiveRun:
             message_number=request.message_number,
             agent=request.agent,
         )
-        started_at, began = now(), trio.current_time()
+        started_at, began = now(), perf_counter()
         status, error = TurnStatus.COMPLETED, None
         try:
             for event in state.turn_started(request):
@@ -402,8 +403,8 @@ class LiveRun:
     def _end_turn(
         self, request: TurnRequest, status: TurnStatus, turn: Turn | None, error: str | None, began: float | None
     ) -> None:
-        """End the turn without a store; ``began``: when it started running (Trio's clock), None if it never did."""
-        self.registry.metrics.turn_ended(status, None if began is None else trio.current_time() - began)
+        """End the turn without a store; ``began``: when it started running (``perf_counter``), None if it never did."""
+        self.registry.metrics.turn_ended(status, None if began is None else perf_counter() - began)
         for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error):
             self.emit(event)
         holder = self.holder
@@ -434,14 +435,14 @@ class LiveRun:
                 started_at=started_at,
                 finished_at=now(),
             )
-            saving = trio.current_time()
+            saving = perf_counter()
             with trio.move_on_after(STORE_TIMEOUT_S):
                 try:
                     await self.store.save_reply(record)
                 except Exception:
                     log.exception("run %s: storing the reply to %s failed", self.run_id, request.id)
-            self.registry.metrics.store_op("save_reply", trio.current_time() - saving)
-        self.registry.metrics.turn_ended(status, None if began is None else trio.current_time() - began)
+            self.registry.metrics.store_op("save_reply", perf_counter() - saving)
+        self.registry.metrics.turn_ended(status, None if began is None else perf_counter() - began)
         for event in events:
             self.emit(event)
         holder = self.holder
