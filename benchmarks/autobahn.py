@@ -52,12 +52,12 @@ __all__ = [
     "NOT_OK",
     "EchoHandler",
     "SuiteResult",
+    "TrioThread",
     "drive_echo_client",
     "echo_server",
     "run_client_suite",
     "run_suite",
     "serve_echo",
-    "TrioThread",
     "trio_thread",
 ]
 

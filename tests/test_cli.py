@@ -81,6 +81,36 @@ def test_unreadable_files_are_one_line_and_exit_2(tmp_path: Path) -> None:
         assert only.startswith(line), (args, only)
 
 
+def test_a_bad_certificate_is_one_line_and_exit_2(tmp_path: Path, pem_files: tuple[Path, Path]) -> None:
+    """A missing or unusable certificate stops `serve` and `tools serve` at start-up with one line naming it, exit 2."""
+    cert, key = pem_files
+    missing = tmp_path / "missing.pem"
+    config = _config(tmp_path, f'certfile = "{missing}"\nstore = "none"\n')
+    cases = {
+        ("serve", "--store", "none", "--certfile", str(missing)): f"antiphon: --certfile: cannot read '{missing}' (No such file or directory)",
+        ("serve", "--config", config): f"antiphon: {config}: certfile: cannot read '{missing}' (No such file or directory)",
+        ("serve", "--store", "none", "--certfile", str(cert), "--keyfile", str(cert)): f"antiphon: --keyfile: '{cert}' holds no PEM private key",
+        ("serve", "--store", "none", "--keyfile", str(key)): "antiphon: --keyfile: give certfile too",
+        ("tools", "serve", "os:getcwd", "--certfile", str(missing)): f"antiphon: --certfile: cannot read '{missing}' (No such file or directory)",
+        ("tools", "serve", "os:getcwd", "--certfile", str(key)): f"antiphon: --certfile: '{key}' holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+    }
+    for args, line in cases.items():
+        result = _run(*args, "--port", "0")
+        assert result.returncode == 2, args
+        assert result.stderr.splitlines() == [line], args
+
+
+def test_certificate_flags_and_keys_make_a_tls_server(tmp_path: Path, pem_files: tuple[Path, Path]) -> None:
+    """`--certfile/--keyfile` and the `certfile`/`keyfile` keys both end up as ServerConfig.ssl; `--no-metrics` as metrics."""
+    cert, key = pem_files
+    args = cli._parser().parse_args(["serve", "--certfile", str(cert), "--keyfile", str(key), "--no-metrics"])
+    setup = build(cli._document(args), {})
+    assert setup.server.ssl is not None and setup.server.metrics is False
+    from_file = build({"certfile": str(cert), "keyfile": str(key)}, {})
+    assert from_file.server.ssl is not None and from_file.server.metrics is True
+    assert build({}, {}).server.ssl is None
+
+
 def test_flags_are_the_same_settings_as_the_keys() -> None:
     """Every `serve` flag names a config key, and sets the very settings field that key sets."""
     assert set(cli.TOP_LEVEL_FLAGS) <= set(TOP_LEVEL_KEYS) and set(cli.CONNECTOR_FLAGS) <= set(CONNECTOR_KEYS)

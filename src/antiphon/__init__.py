@@ -10,8 +10,7 @@ Every session runs under its own nursery (receive, send, heartbeat and timer tas
 the protocol logic lives, sans-IO, in :mod:`antiphon.proto`.
 """
 
-from importlib import metadata as _metadata
-
+from antiphon._version import __version__
 from antiphon.chat import (
     Agent,
     AgentReply,
@@ -32,11 +31,6 @@ from antiphon.engine import (
     SessionServer,
 )
 from antiphon.errors import AntiphonError
-
-try:
-    __version__ = _metadata.version("antiphon")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Agent",

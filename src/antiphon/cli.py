@@ -42,15 +42,34 @@ from antiphon.errors import AntiphonError, ConfigError
 from antiphon.tuning import tune_gc
 from antiphon.workers import WORKER_FLAG, serve_workers, worker_argv
 
-__all__ = ["CONNECTOR_FLAGS", "TOP_LEVEL_FLAGS", "main"]
+__all__ = [
+    "CONNECTOR_FLAGS",
+    "DEFAULT_LOG_LEVEL",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "SECRET_ENV",
+    "TOP_LEVEL_FLAGS",
+    "main",
+]
 
 SECRET_ENV: Final = "ANTIPHON_SECRET"
 
-TOP_LEVEL_FLAGS: Final = ("host", "port", "shutdown_grace", "store", "retention_days", "runs", "lease_ttl", "workers")
+TOP_LEVEL_FLAGS: Final = (
+    "host",
+    "port",
+    "shutdown_grace",
+    "store",
+    "retention_days",
+    "runs",
+    "lease_ttl",
+    "workers",
+    "certfile",
+    "keyfile",
+)
 """``antiphon serve`` flags whose dest is a top-level config key (``--shutdown-grace`` is ``shutdown_grace``)."""
 CONNECTOR_FLAGS: Final = ("secret", "session_timeout", "max_messages", "agent", "path", "resume_grace")
 """``antiphon serve`` flags whose dest is a connector key; ``--no-auth`` and ``--no-streaming`` set
-``require_auth`` and ``streaming`` to false."""
+``require_auth`` and ``streaming`` to false; ``--no-metrics`` sets the top-level ``metrics``."""
 
 DEFAULT_LOG_LEVEL: Final = "INFO"
 """Every command's log level unless ``--log-level`` says otherwise; ``antiphon chat``'s is WARNING."""
@@ -71,10 +90,17 @@ class _Parser(argparse.ArgumentParser):
         # SUPPRESS: a subcommand that is not given the flag leaves the value the top level set.
         group = self.add_argument_group("logging")
         group.add_argument(
-            "--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ..."
+            "--log-level",
+            type=str.upper,
+            choices=logs.LEVELS,
+            default=argparse.SUPPRESS,
+            help="DEBUG, INFO (default), WARNING, ...",
         )
         group.add_argument(
-            "--log-format", choices=("text", "json"), default=argparse.SUPPRESS, help="text (default) or json: one object per line"
+            "--log-format",
+            choices=("text", "json"),
+            default=argparse.SUPPRESS,
+            help="text (default) or json: one object per line",
         )
 
 
@@ -90,18 +116,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--secret", help=f"the clients' secret (default: ${SECRET_ENV}, else one is generated)")
     serve.add_argument("--no-auth", action="store_true", help="accept clients without a secret")
     serve.add_argument("--no-streaming", action="store_true", help="send one `response` instead of a stream")
-    serve.add_argument("--session-timeout", type=float, metavar="S", help="inactivity timeout, 60-86400 s (default: 3600)")
+    serve.add_argument(
+        "--session-timeout", type=float, metavar="S", help="inactivity timeout, 60-86400 s (default: 3600)"
+    )
     serve.add_argument("--max-messages", type=int, metavar="N", help="messages per session, 1-10000 (default: 100)")
     serve.add_argument("--agent", metavar="MODULE:FUNCTION", help="the agent to serve (default: the demo agent)")
     serve.add_argument("--path", help="the path to serve at (default: /)")
-    serve.add_argument("--shutdown-grace", type=float, metavar="S", help="time running turns get to finish on SIGINT/SIGTERM (default: 10)")
-    serve.add_argument("--resume-grace", type=float, metavar="S", help="how long a dropped run waits for a resume (default: 60; 0: off)")
-    serve.add_argument("--store", metavar="STORE", help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none' (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)")
-    serve.add_argument("--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)")
-    serve.add_argument("--runs", metavar="RUNS", help="share runs between processes: a redis://host:6379/0 URL, or 'memory' (default: memory, not shared)")
-    serve.add_argument("--lease-ttl", type=float, metavar="S", help="a dead process's runs are taken over after this (default: 10)")
-    serve.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the port (default: 1; more need --runs redis://...)")
-    serve.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)  # started by --workers: config on stdin
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="S",
+        help="time running turns get to finish on SIGINT/SIGTERM (default: 10)",
+    )
+    serve.add_argument(
+        "--resume-grace",
+        type=float,
+        metavar="S",
+        help="how long a dropped run waits for a resume (default: 60; 0: off)",
+    )
+    serve.add_argument(
+        "--store",
+        metavar="STORE",
+        help="transcript store: a SQLite file, a postgresql://user@host/db URL, 'memory' or 'none'"
+        " (default: $ANTIPHON_STORE or ~/.local/state/antiphon/transcripts.db)",
+    )
+    serve.add_argument(
+        "--retention-days", type=float, metavar="D", help="delete transcripts idle this long (default: 30; 0: never)"
+    )
+    serve.add_argument(
+        "--runs",
+        metavar="RUNS",
+        help="share runs between processes: a redis://host:6379/0 URL, or 'memory' (default: memory, not shared)",
+    )
+    serve.add_argument(
+        "--lease-ttl", type=float, metavar="S", help="a dead process's runs are taken over after this (default: 10)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (default: 1; more need --runs redis://...)",
+    )
+    serve.add_argument(
+        WORKER_FLAG, action="store_true", help=argparse.SUPPRESS
+    )  # started by --workers: config on stdin
+    serve.add_argument("--certfile", metavar="PEM", help="serve wss:// with this certificate chain (PEM)")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)")
+    serve.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics (GET /healthz stays)")
     serve.add_argument("--config", metavar="FILE", help="a TOML file; it can mount several connectors")
     serve.set_defaults(run=_serve)
 
@@ -120,8 +181,13 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk to a chat gateway from the terminal")
     chat.add_argument("url", help="the gateway's ws:// or wss:// URL")
     chat.add_argument("--secret", help=f"the secret (default: ${SECRET_ENV})")
-    chat.add_argument("--auth", choices=["message", "header", "query"], default="message", help="how to send the secret")
+    chat.add_argument(
+        "--auth", choices=["message", "header", "query"], default="message", help="how to send the secret"
+    )
     chat.add_argument("--agent", metavar="NAME", help="the agent to talk to first, on a connector with several")
+    chat.add_argument(
+        "--resume", metavar="RUN_ID", help="continue that run (its replies are replayed) instead of starting one"
+    )
     chat.set_defaults(run=_chat, quiet_log_level="WARNING")  # the client's INFO lines would clutter the conversation
 
     from antiphon.tools.cli import add_commands as add_tool_commands  # noqa: PLC0415 (the tools face owns its flags)
@@ -186,10 +252,17 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
             connector["secret"] = os.environ[SECRET_ENV]
         doc = {"connectors": [connector]}
     doc.update({key: getattr(args, key) for key in TOP_LEVEL_FLAGS if getattr(args, key) is not None})
+    if args.no_metrics:
+        doc["metrics"] = False
     return doc
 
 
-_FLAG_KEYS: Final = {**{k: k for k in (*TOP_LEVEL_FLAGS, *CONNECTOR_FLAGS)}, "require_auth": "no_auth", "streaming": "no_streaming"}
+_FLAG_KEYS: Final = {
+    **{k: k for k in (*TOP_LEVEL_FLAGS, *CONNECTOR_FLAGS)},
+    "require_auth": "no_auth",
+    "streaming": "no_streaming",
+    "metrics": "no_metrics",
+}
 
 
 def _flag_name(key: str) -> str:
@@ -222,7 +295,13 @@ def _serve(args: argparse.Namespace) -> int:
         argv = worker_argv(args.log_level, args.log_format)
         server = setup.server
         run = partial(
-            serve_workers, doc, setup.workers.workers, argv, host=server.host, port=server.port, on_ready=partial(_print_generated, setup)
+            serve_workers,
+            doc,
+            setup.workers.workers,
+            argv,
+            host=server.host,
+            port=server.port,
+            on_ready=partial(_print_generated, setup),
         )
         code: int = trio.run(run)
         return code
@@ -232,7 +311,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_worker(args: argparse.Namespace) -> int:
-    """One of ``--workers``: the parent's document on the first line of stdin; serve until told, or the parent is gone."""
+    """One of ``--workers``: the parent's document on stdin's first line; serve until told, or the parent is gone."""
     doc = json.loads(sys.stdin.readline())
     setup = build({**doc, "workers": 1}, os.environ)
     logs.redact(c.settings.secret for c in setup.connectors if c.settings.secret)
@@ -285,7 +364,9 @@ async def _run_gateway(setup: GatewaySetup, *, worker: bool = False) -> None:
         await _serve_gateway(setup, store, backend, worker=worker)
 
 
-async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None, backend: RunBackend | None, *, worker: bool) -> None:
+async def _serve_gateway(
+    setup: GatewaySetup, store: TranscriptStore | None, backend: RunBackend | None, *, worker: bool
+) -> None:
     gateway = ChatGateway(
         setup.connectors,
         setup.server,
@@ -316,7 +397,11 @@ async def _serve_gateway(setup: GatewaySetup, store: TranscriptStore | None, bac
 
 async def _first_signal(signals: AsyncIterator[int], stop: trio.Event, grace_s: float) -> None:
     async for signum in signals:
-        log.info("%s: shutting down gracefully within %gs (send it again to stop at once)", signal.Signals(signum).name, grace_s)
+        log.info(
+            "%s: shutting down gracefully within %gs (send it again to stop at once)",
+            signal.Signals(signum).name,
+            grace_s,
+        )
         stop.set()
         return
 
@@ -343,7 +428,9 @@ async def _stop_on_second_signal(signals: AsyncIterator[int], scope: trio.Cancel
 def _store_file(args: argparse.Namespace) -> Path | PostgresUrl:
     location: StoreLocation | None = store_location(args.store)
     if not isinstance(location, Path | PostgresUrl):
-        raise ConfigError(f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read")
+        raise ConfigError(
+            f"--store {args.store}: only a SQLite file or a PostgreSQL database keeps transcripts to read"
+        )
     if isinstance(location, Path) and location.is_dir():
         raise ConfigError(f"store: {str(location)!r} is a directory, not a transcript store")
     return location
@@ -371,5 +458,9 @@ def _chat(args: argparse.Namespace) -> int:
     from antiphon.chat.terminal import run_terminal_chat  # noqa: PLC0415 (prompt_toolkit only when chatting)
 
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV) or None
-    code: int = trio.run(partial(run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV))
+    code: int = trio.run(
+        partial(
+            run_terminal_chat, args.url, secret, args.auth, agent=args.agent, secret_env=SECRET_ENV, resume=args.resume
+        )
+    )
     return code

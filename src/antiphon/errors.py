@@ -72,6 +72,7 @@ __all__ = [
     "ToolError",
     "TransportError",
     "VariableNotFound",
+    "connection_closed",
 ]
 
 
@@ -159,7 +160,7 @@ class ListenError(TransportError, OSError):
 
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         TransportError.__init__(self, message)
-        self.errno = errno  # type: ignore[misc]
+        self.errno = errno
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -211,7 +212,9 @@ class ReplyTooLarge(ConnectionClosedError):
     the tool for less.
     """
 
-    def __init__(self, code: int, reason: str | None = None, message: str | None = None, *, limit: int | None = None) -> None:
+    def __init__(
+        self, code: int, reason: str | None = None, message: str | None = None, *, limit: int | None = None
+    ) -> None:
         super().__init__(code, reason, message)
         self.limit = limit
 

@@ -16,7 +16,16 @@ from typing import Any, Final, Literal, TextIO
 
 import orjson
 
-__all__ = ["LEVELS", "LogFormat", "configure", "redact"]
+__all__ = [
+    "LEVELS",
+    "QUIET_LOGGERS",
+    "REDACT_MIN_CHARS",
+    "TEXT_FORMAT",
+    "JsonFormatter",
+    "LogFormat",
+    "configure",
+    "redact",
+]
 
 LogFormat = Literal["text", "json"]
 

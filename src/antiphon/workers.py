@@ -41,7 +41,19 @@ from attrs import define, frozen
 
 from antiphon.errors import ConfigError, ListenError
 
-__all__ = ["RESTART_MAX_DELAY_S", "WORKER_FLAG", "WorkerSettings", "serve_workers"]
+__all__ = [
+    "READY_MARK",
+    "READY_TIMEOUT_S",
+    "RESTART_MAX_DELAY_S",
+    "RESTART_MIN_DELAY_S",
+    "STABLE_S",
+    "WORKERS_RANGE",
+    "WORKER_FLAG",
+    "WorkerSettings",
+    "reserve_port",
+    "serve_workers",
+    "worker_argv",
+]
 
 log = logging.getLogger("antiphon.workers")
 
@@ -102,7 +114,9 @@ class _Supervisor:
                     return None
                 print(line, flush=True)  # anything else a worker prints is the operator's
         if process.poll() is None:
-            log.error("worker %d (pid %d) did not start listening within %gs", worker.number, process.pid, READY_TIMEOUT_S)
+            log.error(
+                "worker %d (pid %d) did not start listening within %gs", worker.number, process.pid, READY_TIMEOUT_S
+            )
             process.kill()
         return await process.wait()
 
@@ -116,8 +130,14 @@ class _Supervisor:
             code = await process.wait()
             if self.stopping:
                 return
-            delay = RESTART_MIN_DELAY_S if trio.current_time() - started >= STABLE_S else min(2 * delay, RESTART_MAX_DELAY_S)
-            log.warning("worker %d (pid %d) exited with %s; restarting it in %gs", worker.number, process.pid, code, delay)
+            delay = (
+                RESTART_MIN_DELAY_S
+                if trio.current_time() - started >= STABLE_S
+                else min(2 * delay, RESTART_MAX_DELAY_S)
+            )
+            log.warning(
+                "worker %d (pid %d) exited with %s; restarting it in %gs", worker.number, process.pid, code, delay
+            )
             await trio.sleep(delay)
             while not self.stopping:
                 worker.restarts += 1
@@ -183,7 +203,9 @@ async def serve_workers(
     port: int,
     on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Run ``count`` workers (``argv`` starts one) serving ``document`` on ``host:port`` until a signal; see the module docstring.
+    """Run ``count`` workers (``argv`` starts one) serving ``document`` on ``host:port`` until a signal.
+
+    See the module docstring.
 
     ``on_ready`` is called once every worker listens, before the ready line is printed.
     Returns the exit status: 0 after a drain, a worker's own status when the first
@@ -210,7 +232,11 @@ async def serve_workers(
                 for worker in supervisor.workers:
                     nursery.start_soon(supervisor.supervise, worker, nursery)
                 async for signum in signals:
-                    log.info("%s: draining %d workers (send it again to stop them at once)", signal.Signals(signum).name, count)
+                    log.info(
+                        "%s: draining %d workers (send it again to stop them at once)",
+                        signal.Signals(signum).name,
+                        count,
+                    )
                     break
                 supervisor.stopping = True
                 supervisor.signal_all(signal.SIGTERM)
@@ -260,4 +286,3 @@ def worker_argv(log_level: str | None, log_format: str) -> list[str]:
     if log_level:
         argv += ["--log-level", log_level]
     return argv
-

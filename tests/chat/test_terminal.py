@@ -245,3 +245,55 @@ async def test_the_gateway_ending_the_conversation_ends_the_command() -> None:
             await pty.expect("[error message_limit]")
             await pty.expect("[conversation over: closed 4429 message limit]")
             assert await pty.exit_status() == 1
+
+
+async def _run_id(pty: Pty) -> str:
+    """The run id the `connected: run ...` line announces."""
+    await trio.to_thread.run_sync(pty.child.expect, r"connected: run ([0-9a-f]+),")
+    return str(pty.child.match.group(1))
+
+
+async def test_resume_command_takes_over_another_terminals_run() -> None:
+    """`/resume RUN` leaves this run for RUN: its replies are replayed, the other terminal is told, the talk goes on."""
+    async with tcp_gateway() as gateway:
+        with chat_pty(gateway.url, "--secret", SECRET) as first, chat_pty(gateway.url, "--secret", SECRET) as second:
+            run_id = await _run_id(first)
+            await first.prompt()
+            first.send("remember this", ENTER)
+            await first.expect("Turn 1. You said: 'remember this'.")
+            await second.prompt()
+            second.send("/resume no-such-run", ENTER)
+            await second.expect("[no resumable run no-such-run (unknown or expired); still in run ")
+            await second.prompt()
+            second.send("/resume ", run_id, ENTER)
+            await second.expect(f"[resumed run {run_id}: ")
+            await second.expect("Turn 1. You said: 'remember this'.")  # the replayed reply, printed whole
+            await first.expect("[conversation over: closed 4409")
+            assert await first.exit_status() == 1
+            await second.prompt()
+            second.send("/resume", ENTER)
+            await second.expect(f"run: {run_id}")
+            await second.prompt()
+            second.send("and now", ENTER)
+            await second.expect("Turn 2. You said: 'and now'. Before that you said: 'remember this'.")
+            await second.quit()
+
+
+async def test_resume_flag_continues_a_run_or_says_it_cannot() -> None:
+    """`--resume RUN` starts in that run; an unknown run is one line and exit 2."""
+    async with tcp_gateway() as gateway:
+        with chat_pty(gateway.url, "--secret", SECRET) as first:
+            run_id = await _run_id(first)
+            await first.prompt()
+            first.send("hello", ENTER)
+            await first.expect("Turn 1. You said: 'hello'.")
+            with chat_pty(gateway.url, "--secret", SECRET, "--resume", run_id) as second:
+                await second.expect(f"connected: run {run_id},")
+                await second.expect(f"[resumed run {run_id}: ")
+                await second.prompt()
+                second.send("again", ENTER)
+                await second.expect("Turn 2. You said: 'again'. Before that you said: 'hello'.")
+                await second.quit()
+        with chat_pty(gateway.url, "--secret", SECRET, "--resume", "gone") as third:
+            await third.expect("antiphon: --resume gone: no resumable run here (unknown or expired)")
+            assert await third.exit_status() == 2

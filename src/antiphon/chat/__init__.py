@@ -3,6 +3,7 @@
 from antiphon.chat.agents import Agent, AgentReply, Turn, demo_agent, load_agent
 from antiphon.chat.client import ChatClient, Reply, open_chat
 from antiphon.chat.gateway import ChatGateway, ChatSessionHandler, Connector, serve_chat
+from antiphon.chat.reconnect import Reconnecting, ReconnectPolicy
 from antiphon.proto.chat.run import HistoryEntry
 from antiphon.proto.chat.settings import ChatSettings
 
@@ -15,6 +16,8 @@ __all__ = [
     "ChatSettings",
     "Connector",
     "HistoryEntry",
+    "ReconnectPolicy",
+    "Reconnecting",
     "Reply",
     "Turn",
     "demo_agent",

@@ -30,8 +30,10 @@ from antiphon.proto.chat.messages import MessageId, TokenUsage
 from antiphon.proto.chat.run import HistoryEntry
 
 __all__ = [
+    "DEMO_AGENT_SPEC",
     "Agent",
     "AgentReply",
+    "AgentResultError",
     "Turn",
     "check_chunk",
     "demo_agent",

@@ -16,22 +16,37 @@ authenticates, sends ``resume`` with the last ``seq`` it received, and the gatew
 replays what was missed. Events reach the application exactly once and in order:
 numbered events are de-duplicated by ``seq``; messages whose ack never arrived are sent
 again, and the gateway's idempotent ids make that safe. A ``resumed`` event tells the
-application a reconnect happened (``complete`` is False if some events were lost).
+application a reconnect happened (``complete`` is False if some events were lost);
+``on_reconnect`` hears of each attempt before its delay (:class:`Reconnecting`), for a
+status line.
+
+``open_chat(url, resume_run=RUN_ID, last_seq=N)`` continues an earlier conversation
+from another process: after ``connected`` it sends ``resume`` and the gateway replays
+the events after ``N``, behind a ``resumed`` event.
+
+Without a secret the client asks the gateway an application ``ping`` first: a gateway
+that needs no secret has greeted with ``connected`` before it reads it, and one waiting
+for a secret answers it with ``pong``, so a missing secret fails at once
+(:class:`ChatError` ``auth_required``) instead of after the gateway's auth timeout.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import secrets
+import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
+import attrs
 import trio
 from attrs import frozen
 
+from antiphon.chat.reconnect import NO_RECONNECT, RECONNECT_CODES, Reconnecting, ReconnectPolicy
 from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.engine.connect import DEFAULT_CONNECT_TIMEOUT_S, open_client_websocket
 from antiphon.engine.session import Session, SessionConfig, SessionHandler
@@ -53,6 +68,7 @@ from antiphon.proto.chat.messages import (
     ErrorEvent,
     MessageId,
     Ping,
+    Pong,
     Response,
     Resume,
     Resumed,
@@ -66,7 +82,17 @@ from antiphon.proto.chat.messages import (
 )
 from antiphon.proto.close import CloseCode
 
-__all__ = ["ChatClient", "ReconnectPolicy", "Reply", "open_chat"]
+__all__ = [
+    "EVENT_BUFFER_SIZE",
+    "HANDSHAKE_EVENTS",
+    "NO_RECONNECT",
+    "RECONNECT_CODES",
+    "ChatClient",
+    "ReconnectPolicy",
+    "Reconnecting",
+    "Reply",
+    "open_chat",
+]
 
 log = logging.getLogger("antiphon.chat.client")
 
@@ -75,33 +101,6 @@ EVENT_BUFFER_SIZE: Final = 1024
 
 HANDSHAKE_EVENTS: Final = 16
 """Events held while connecting; a server that sends more before ``connected`` is not speaking the protocol."""
-
-RECONNECT_CODES: Final = frozenset(
-    {CloseCode.ABNORMAL, CloseCode.INTERNAL_ERROR, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.BAD_GATEWAY}
-)
-"""Close codes after which the client reconnects and resumes: the connection was lost, not ended."""
-
-
-@frozen(kw_only=True)
-class ReconnectPolicy:
-    """How the client retries after a dropped connection: ``max_attempts`` tries, delays growing by ``factor``.
-
-    The delays carry no jitter, so tests can pin them; runs are per client, so a
-    thundering herd only follows a server restart, after which no run is resumable anyway.
-    """
-
-    max_attempts: int = 5
-    initial_delay_s: float = 0.5
-    max_delay_s: float = 10.0
-    factor: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """The wait before try number ``attempt`` (1-based)."""
-        return min(self.max_delay_s, self.initial_delay_s * self.factor ** (attempt - 1))
-
-
-NO_RECONNECT: Final = ReconnectPolicy(max_attempts=0)
-
 
 @frozen(kw_only=True)
 class Reply:
@@ -121,6 +120,8 @@ class _Connection(SessionHandler):
         self.client = client
         self.handshake_in, self.handshake_out = trio.open_memory_channel[ServerEvent](HANDSHAKE_EVENTS)
         self.handshaking = True
+        self.probing = False  # our secret-less ping is out and its pong has not come back
+        self.greeted = False  # `connected` arrived
 
     def on_message(self, session: Session, message: str | bytes) -> None:
         try:
@@ -128,18 +129,29 @@ class _Connection(SessionHandler):
         except DecodeError as exc:
             log.warning("skipping an event that does not decode: %s", exc)
             return
+        if self.probing and isinstance(event, Pong):
+            # The answer to our probe, never the application's: after `connected` it is dropped.
+            self.probing = False
+            if not self.greeted:
+                self._handshake_event(event)
+            return
         if self.handshaking and isinstance(event, (Connected, Resumed, ErrorEvent)):
+            if isinstance(event, Connected):
+                self.greeted = True
             if isinstance(event, Resumed):
                 # In order with the replay that follows it in the same read: the app
                 # sees `resumed` first, then the missed events.
                 self.handshaking = False
                 self.client._deliver(event, None, session)
-            try:
-                self.handshake_in.send_nowait(event)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                log.warning("dropping a %s event that arrived while connecting", event.type)
+            self._handshake_event(event)
             return
         self.client._deliver(event, seq, session)
+
+    def _handshake_event(self, event: ServerEvent) -> None:
+        try:
+            self.handshake_in.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            log.warning("dropping a %s event that arrived while connecting", event.type)
 
     def on_close(self, session: Session) -> None:
         self.handshake_in.close()
@@ -157,16 +169,27 @@ class ChatClient:
         connect_timeout_s: float,
         session_config: SessionConfig | None,
         reconnect: ReconnectPolicy,
+        ssl_context: ssl.SSLContext | None = None,
+        resume_run: str | None = None,
+        last_seq: int = 0,
+        on_reconnect: Callable[[Reconnecting], object] | None = None,
     ) -> None:
+        if last_seq < 0:
+            raise LocalProtocolError(f"last_seq: must not be negative, got {last_seq}")
         self._url, self._secret, self._auth = url, secret, auth
         self._connect_timeout_s = connect_timeout_s
         self._session_config = session_config
         self._reconnect = reconnect
+        self._ssl_context = ssl_context
+        self._resume_run = resume_run
+        self._on_reconnect = on_reconnect
         self._events: deque[ServerEvent] = deque()
         self._events_ready = trio.lowlevel.ParkingLot()
         self._events_ended = False
         self._held: deque[ServerEvent] = deque()
         self._ids = itertools.count(1)
+        # Unique per client: a resumed run has seen another client's c1, c2... (ids are idempotent).
+        self._id_suffix = secrets.token_hex(4)
         self._ask_lock = trio.Lock()
         self._session: Session | None = None
         self._live = trio.Event()
@@ -174,7 +197,7 @@ class ChatClient:
         self._unacked: dict[MessageId, str] = {}
         self._acked: set[MessageId] = set()
         self.connected: Connected | None = None
-        self.last_seq = 0
+        self.last_seq = last_seq
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
@@ -195,12 +218,12 @@ class ChatClient:
         context: Mapping[str, Any] | None = None,
         agent: str | None = None,
     ) -> MessageId:
-        """Send a user message and return its id (one is made up when not given).
+        """Send a user message and return its id (one unique to this client is made up when not given).
 
         While the client is reconnecting this waits for the new connection; the message
         is sent again after a resume until its ack arrives.
         """
-        mid = id if id is not None else f"c{next(self._ids)}"
+        mid = id if id is not None else f"c{next(self._ids)}-{self._id_suffix}"
         text = encode_client_message(UserMessage(message, mid, context or {}, agent))
         self._unacked[mid] = text
         await self._send_text(text)
@@ -344,6 +367,7 @@ class ChatClient:
                 try:
                     session = await self._connect_once(started, task_status)
                     started, attempt = True, 0
+                    reason = f"closed {session.close_code} {session.close_reason or ''}".rstrip()
                 except (HandshakeError, OperationTimeout, ConnectionClosed) as exc:
                     if not started:
                         raise
@@ -353,20 +377,34 @@ class ChatClient:
                         self.close_code, self.close_reason = CloseCode.ABNORMAL, str(exc)
                         return
                     log.info("reconnect attempt %d failed: %s", attempt, exc)
+                    reason = str(exc)
                 if self._closing:
                     return
                 if session is not None and session.close_code not in RECONNECT_CODES:
                     self.close_code, self.close_reason = session.close_code, session.close_reason
                     return
                 attempt += 1
-                if attempt > self._reconnect.max_attempts:
+                policy = self._reconnect
+                if attempt > policy.max_attempts:
                     if session is not None:
                         self.close_code, self.close_reason = session.close_code, session.close_reason
                     return
-                await trio.sleep(self._reconnect.delay(attempt))
+                delay = policy.delay(attempt)
+                self._announce(
+                    Reconnecting(attempt=attempt, max_attempts=policy.max_attempts, delay_s=delay, reason=reason)
+                )
+                await trio.sleep(delay)
         finally:
             self._live.set()
             self._end_events()
+
+    def _announce(self, event: Reconnecting) -> None:
+        if self._on_reconnect is None:
+            return
+        try:
+            self._on_reconnect(event)
+        except Exception:
+            log.exception("the on_reconnect callback failed")  # the application's bug; the client carries on
 
     async def _connect_once(self, resuming: bool, task_status: trio.TaskStatus[None]) -> Session:
         url, headers = self._url, []
@@ -374,7 +412,9 @@ class ChatClient:
             headers.append(("X-Connic-Secret", self._secret))
         elif self._secret is not None and self._auth == "query":
             url += ("&" if "?" in url else "?") + urlencode({"secret": self._secret})
-        async with open_client_websocket(url, headers=headers, timeout_s=self._connect_timeout_s) as (nursery, ws):
+        async with open_client_websocket(
+            url, headers=headers, timeout_s=self._connect_timeout_s, ssl_context=self._ssl_context
+        ) as (nursery, ws):
             session = Session(ws, self._session_config)
             handler = _Connection(self)
             nursery.start_soon(session.run, handler)
@@ -395,19 +435,32 @@ class ChatClient:
     async def _handshake(self, session: Session, handler: _Connection, resuming: bool) -> None:
         try:
             with trio.fail_after(self._connect_timeout_s):
-                if self._secret is not None and self._auth == "message":
+                if self._secret is None:
+                    handler.probing = True
+                    await session.send(encode_client_message(Ping()))
+                elif self._auth == "message":
                     await session.send(encode_client_message(Auth(self._secret)))
                 first = await self._handshake_event(handler, session)
+                if isinstance(first, Pong):
+                    raise ChatError(ErrorCode.AUTH_REQUIRED, "the gateway asks for a secret and none was given")
                 if not isinstance(first, Connected):
                     raise LocalProtocolError(f"expected a connected event first, got {first.type!r}")
+                run_id = self.session_id if resuming else self._resume_run
                 if not resuming:
                     self.connected = first
+                if run_id is None:
                     handler.handshaking = False
                     return
-                await session.send(encode_client_message(Resume(self.session_id, self.last_seq)))
+                await session.send(encode_client_message(Resume(run_id, self.last_seq)))
                 answer = await self._handshake_event(handler, session)
         except trio.TooSlowError:
             raise OperationTimeout(f"no connected event within {self._connect_timeout_s:g} s") from None
+        if isinstance(answer, ErrorEvent) and not resuming:
+            # The run the caller asked for is gone: open_chat fails, this connection's fresh run ends.
+            raise ChatError(answer.code, answer.message)
+        if isinstance(answer, Resumed) and not resuming:
+            run = answer.connector_run_id
+            self.connected = attrs.evolve(first, session_id=run, connector_run_id=run)
         if isinstance(answer, ErrorEvent):
             # The run is gone (expired, or the server restarted): the conversation is over.
             self._deliver(answer, None)
@@ -432,9 +485,13 @@ class ChatClient:
 
 def _reply(event: ServerEvent | None) -> Reply:
     if isinstance(event, StreamEnd):
-        return Reply(id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage, status=event.status)
+        return Reply(
+            id=event.id, agent=event.agent, text=event.full_response, token_usage=event.token_usage, status=event.status
+        )
     assert isinstance(event, Response)
-    return Reply(id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage, status=event.status)
+    return Reply(
+        id=event.id, agent=event.agent, text=event.response, token_usage=event.token_usage, status=event.status
+    )
 
 
 @asynccontextmanager
@@ -446,17 +503,28 @@ async def open_chat(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     session_config: SessionConfig | None = None,
     reconnect: ReconnectPolicy | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    resume_run: str | None = None,
+    last_seq: int = 0,
+    on_reconnect: Callable[[Reconnecting], object] | None = None,
 ) -> AsyncIterator[ChatClient]:
     """Connect to a chat gateway, authenticate, and yield a :class:`ChatClient`.
 
     ``auth`` says how the secret travels: as the first message (the protocol's default),
     as the ``X-Connic-Secret`` header, or as the ``secret`` query parameter.
     ``reconnect`` governs resuming after a dropped connection (default
-    :class:`ReconnectPolicy`; ``ReconnectPolicy(max_attempts=0)`` turns it off).
+    :class:`ReconnectPolicy`; ``ReconnectPolicy(max_attempts=0)`` turns it off), and
+    ``on_reconnect`` is called (from the client's task: it must not block) with a
+    :class:`Reconnecting` before each attempt's delay. ``ssl_context`` verifies a
+    ``wss://`` gateway (None: the system's CAs and ``SSL_CERT_FILE``). ``resume_run``
+    continues that run: the gateway replays its events after ``last_seq`` (behind a
+    ``resumed`` event) and :attr:`ChatClient.session_id` is that run's id.
+
     Raises :class:`~antiphon.errors.HandshakeRejected` (e.g. 401 for a wrong secret in
-    header or query), :class:`ChatError` (the gateway refused the first-message secret),
-    :class:`ConnectionClosed` and :class:`OperationTimeout`. The connection is closed
-    with 1000 when the block exits.
+    header or query), :class:`ChatError` (the gateway refused the first-message secret;
+    ``auth_required`` when it asks for one and none was given; ``unknown_run`` when
+    ``resume_run`` cannot be resumed), :class:`ConnectionClosed` and
+    :class:`OperationTimeout`. The connection is closed with 1000 when the block exits.
     """
     client = ChatClient(
         url,
@@ -465,6 +533,10 @@ async def open_chat(
         connect_timeout_s=connect_timeout_s,
         session_config=session_config,
         reconnect=reconnect or ReconnectPolicy(),
+        ssl_context=ssl_context,
+        resume_run=resume_run,
+        last_seq=last_seq,
+        on_reconnect=on_reconnect,
     )
     async with open_nursery_unwrapped() as nursery:
         await nursery.start(client._supervise)

@@ -11,6 +11,9 @@
     runs = "memory"             # or "redis://host:6379/0": runs shared between processes
     lease_ttl = 10              # a dead process's runs are taken over after this
     workers = 1                 # worker processes on one port (more than one needs shared runs)
+    certfile = "/etc/antiphon/cert.pem"   # serve wss://; keyfile too unless the key is in it
+    keyfile = "/etc/antiphon/key.pem"
+    metrics = true              # GET /metrics on the same port
 
     [[connectors]]              # each: ChatSettings fields, plus where and what it serves
     path = "/support"
@@ -27,7 +30,8 @@ Every key is a field of a settings class, named as the field without its unit su
   :class:`~antiphon.engine.session.SessionConfig`,
   :class:`~antiphon.chat.backends.RunsSettings` and
   :class:`~antiphon.workers.WorkerSettings`, and the file's own keys ``store``,
-  ``retention_days`` and ``connectors``;
+  ``retention_days``, ``certfile``, ``keyfile`` (made into ``ServerConfig.ssl``) and
+  ``connectors``;
 * a ``[[connectors]]`` table holds the fields of
   :class:`~antiphon.proto.chat.settings.ChatSettings`, the connector's ``path``, and its own
   ``secret_env`` and ``agent`` / ``agents``.
@@ -69,12 +73,24 @@ from antiphon.chat.store import (
 )
 from antiphon.engine.server import ServerConfig
 from antiphon.engine.session import SessionConfig
+from antiphon.engine.tls import server_context
 from antiphon.errors import ConfigError
 from antiphon.proto._codec import decode_error, make_converter
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.workers import WorkerSettings
 
-__all__ = ["CONNECTOR_KEYS", "GatewaySetup", "TOP_LEVEL_KEYS", "build", "load_file", "read_file", "store_location", "toml_key"]
+__all__ = [
+    "CONNECTOR_KEYS",
+    "SECRET_BYTES",
+    "TOP_LEVEL_KEYS",
+    "UNIT_SUFFIXES",
+    "GatewaySetup",
+    "build",
+    "load_file",
+    "read_file",
+    "store_location",
+    "toml_key",
+]
 
 SECRET_BYTES: Final = 24
 """A generated secret carries 24 random bytes (32 URL-safe characters)."""
@@ -89,6 +105,8 @@ class _TopLevelKeys:
 
     store: str | None = None
     retention_days: float = 30.0
+    certfile: str | None = None
+    keyfile: str | None = None
     connectors: list[dict[str, Any]] = field(factory=lambda: [{}])
 
 
@@ -176,7 +194,10 @@ def _register(cls: type) -> dict[str, str]:
         if f.name not in spelled or toml_key(f.name) != f.name
     }
     hook: Callable[[Mapping[str, Any], Any], Any] = make_dict_structure_fn(
-        cls, _converter, _cattrs_forbid_extra_keys=True, **overrides  # type: ignore[arg-type]
+        cls,
+        _converter,
+        _cattrs_forbid_extra_keys=True,
+        **overrides,  # type: ignore[arg-type]
     )
     _converter.register_structure_hook(cls, hook)
     return keys
@@ -212,7 +233,9 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 
 
-def load_file(path: str | Path, environ: Mapping[str, str], *, load: Callable[[str], Agent] = load_agent) -> GatewaySetup:
+def load_file(
+    path: str | Path, environ: Mapping[str, str], *, load: Callable[[str], Agent] = load_agent
+) -> GatewaySetup:
     """:func:`read_file`, then :func:`build`; every error names the file."""
     return build(read_file(path), environ, source=str(path), load=load)
 
@@ -244,11 +267,17 @@ def _build(doc: Mapping[str, Any], environ: Mapping[str, str], load: Callable[[s
     workers = _structure(WorkerSettings, parts[WorkerSettings], "")
     if workers.workers > 1 and not runs.shared:
         raise ConfigError(
-            f"workers: {workers.workers} workers need shared runs (runs = \"redis://...\"): a resume may land on any worker"
+            f'workers: {workers.workers} workers need shared runs (runs = "redis://..."):'
+            " a resume may land on any worker"
         )
     own = _structure(_TopLevelKeys, parts[_TopLevelKeys], "")
     if own.retention_days < 0:
         raise ConfigError(f"retention_days: must not be negative, got {own.retention_days:g}")
+    if own.keyfile is not None and own.certfile is None:
+        raise ConfigError("keyfile: give certfile too")
+    if own.certfile is not None:
+        # Checked now: a bad certificate is a start-up error, not a failure at the first client.
+        server = attrs.evolve(server, ssl=server_context(Path(own.certfile).expanduser(), _path(own.keyfile)))
     connectors: list[Connector] = []
     generated: dict[str, str] = {}
     for i, table in enumerate(own.connectors):
@@ -345,6 +374,10 @@ def _structure(cls: type[_T], values: Mapping[str, Any], where: str) -> _T:
         raise ConfigError("; ".join(messages)) from None
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value is not None else None
 
 
 def store_location(value: str | None) -> StoreLocation | None:

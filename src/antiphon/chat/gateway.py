@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from time import perf_counter
+from typing import Final, Self
 
 import trio
 from attrs import field, frozen
@@ -28,6 +29,7 @@ from attrs import field, frozen
 from antiphon.chat.agents import Agent, demo_agent
 from antiphon.chat.backends.base import RunBackend
 from antiphon.chat.backends.node import LEASE_TTL_S, Node
+from antiphon.chat.metrics import ChatMetrics
 from antiphon.chat.runs import LiveRun, RunRegistry
 from antiphon.chat.store import TranscriptStore, now
 from antiphon.engine.server import Accept as AcceptHandshake
@@ -52,7 +54,13 @@ from antiphon.proto.chat.session import (
 from antiphon.proto.chat.settings import ChatSettings
 from antiphon.proto.close import CloseCode
 
-__all__ = ["ChatGateway", "ChatSessionHandler", "Connector", "serve_chat"]
+__all__ = [
+    "RETENTION_SWEEP_S",
+    "ChatGateway",
+    "ChatSessionHandler",
+    "Connector",
+    "serve_chat",
+]
 
 log = logging.getLogger("antiphon.chat")
 
@@ -271,9 +279,13 @@ class ChatGateway(SessionServer):
         self.lease_ttl_s = lease_ttl_s
         self.registry: RunRegistry | None = None
         self._finished: trio.Event | None = None  # set once run() has returned
-        super().__init__(self._route, config, session_config)
+        self.chat_metrics = ChatMetrics()
+        """Turns by status, turn latency, store latency; served at ``GET /metrics`` with the engine's."""
+        super().__init__(self._route, config, session_config, face="chat")
+        if self.metrics_registry is not None:
+            self.metrics_registry.register(self.chat_metrics)
 
-    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or shut down; the runs nursery outlives every connection.
 
         With a run backend, a :meth:`shutdown` releases every run still here (written, its
@@ -284,7 +296,7 @@ class ChatGateway(SessionServer):
         finished = self._finished = trio.Event()
         try:
             async with trio.open_nursery() as runs:
-                registry = self.registry = RunRegistry(runs, self.store)
+                registry = self.registry = RunRegistry(runs, self.store, metrics=self.chat_metrics)
                 if self.runs_backend is not None:
                     registry.node = Node(self.runs_backend, registry, lease_ttl_s=self.lease_ttl_s)
                     await runs.start(registry.node.run)
@@ -301,7 +313,10 @@ class ChatGateway(SessionServer):
             finished.set()
 
     async def shutdown(self, grace_s: float | None = None) -> None:
-        """:meth:`SessionServer.shutdown`, then (with a run backend) the release of every run; returns once :meth:`run` has."""
+        """:meth:`SessionServer.shutdown`, then (with a run backend) the release of every run.
+
+        Returns once :meth:`run` has.
+        """
         await super().shutdown(grace_s)
         if self._finished is not None:
             await self._finished.wait()
@@ -321,12 +336,14 @@ class ChatGateway(SessionServer):
 
     async def _sweep(self, store: TranscriptStore, retention_s: float) -> None:
         while True:
+            began = perf_counter()
             try:
                 removed = await store.cleanup(now() - retention_s)
                 if removed:
                     log.info("deleted %d transcripts older than %gs", removed, retention_s)
             except Exception:
                 log.exception("transcript cleanup failed")
+            self.chat_metrics.store_op("cleanup", perf_counter() - began)
             await trio.sleep(RETENTION_SWEEP_S)
 
     def _route(self, request: HandshakeRequest, *, full: bool) -> AcceptHandshake | Reject:
@@ -335,8 +352,7 @@ class ChatGateway(SessionServer):
             return Reject(404, b"no chat connector at this path\n")
         auth = check_handshake_secret(connector.settings, request.headers, request.target)
         if auth is HandshakeAuth.REJECTED:
-            log.info("handshake from %s: invalid secret", request.remote)
-            return Reject(401, b"invalid secret\n")
+            return Reject(401, b"invalid secret\n")  # the engine logs the refusal (never the secret)
         if full:
             return AcceptHandshake(_ServerFullHandler())
         if self.registry is None:
@@ -365,5 +381,4 @@ async def serve_chat(
     gateway = ChatGateway(
         connectors, config, session_config, store=store, retention_s=retention_s, runs=runs, lease_ttl_s=lease_ttl_s
     )
-    await gateway.run(task_status=task_status)  # type: ignore[arg-type]
-
+    await gateway.run(task_status=task_status)

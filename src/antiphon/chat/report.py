@@ -19,7 +19,14 @@ import orjson
 
 from antiphon.chat.store import RunSummary, TurnRecord
 
-__all__ = ["escape", "runs_json", "runs_table", "transcript_json", "transcript_text"]
+__all__ = [
+    "TEXT_INDENT",
+    "escape",
+    "runs_json",
+    "runs_table",
+    "transcript_json",
+    "transcript_text",
+]
 
 _UNSAFE: Final = re.compile(
     "[\x00-\x09\x0b-\x1f\x7f-\x9f"  # C0 but newline, DEL, C1

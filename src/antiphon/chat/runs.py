@@ -52,12 +52,14 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from contextlib import aclosing
+from time import perf_counter
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
 from antiphon.chat.backends.shared_run import SharedRun
+from antiphon.chat.metrics import ChatMetrics
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
 from antiphon.engine._util import around_suspensions
 from antiphon.engine.session import Session
@@ -81,7 +83,13 @@ if TYPE_CHECKING:
     from antiphon.chat.backends.node import Node
     from antiphon.chat.backends.replica import Follow, Replica
 
-__all__ = ["LiveRun", "RunHolder", "RunRegistry"]
+__all__ = [
+    "INTERRUPTED_TEXT",
+    "STORE_TIMEOUT_S",
+    "LiveRun",
+    "RunHolder",
+    "RunRegistry",
+]
 
 log = logging.getLogger("antiphon.chat")
 
@@ -397,14 +405,17 @@ class LiveRun(SharedRun):
                 context=dict(request.context),
                 received_at=now(),
             )
+            began = perf_counter()
             try:
                 await store.save_message(record)
             except Exception:
+                self.registry.metrics.store_op("save_message", perf_counter() - began)
                 log.exception("run %s: storing message %s failed", self.run_id, request.id)
                 self.state.withdraw(request)
                 text = "the message could not be stored; send it again"
                 self.notify(ErrorEvent(code=ErrorCode.STORE_ERROR, message=text, id=request.id))
                 continue
+            self.registry.metrics.store_op("save_message", perf_counter() - began)
             self._acknowledge(request)
             self._flush()
 
@@ -461,7 +472,7 @@ class LiveRun(SharedRun):
             message_number=request.message_number,
             agent=request.agent,
         )
-        started_at = now()
+        started_at, began = now(), perf_counter()
         status, error = TurnStatus.COMPLETED, None
         try:
             for event in state.turn_started(request):
@@ -497,10 +508,10 @@ class LiveRun(SharedRun):
                 self._cancel_requested = None
             if state.is_pending(request.id) and not self.lost:
                 if self.store is None:
-                    self._end_turn(request, status, turn, error)
+                    self._end_turn(request, status, turn, error, began)
                 else:
                     with trio.CancelScope(shield=True):
-                        await self._finish_turn(request, status, turn, error, started_at)
+                        await self._finish_turn(request, status, turn, error, started_at, began)
 
     def _end_turn(
         self,
@@ -508,8 +519,11 @@ class LiveRun(SharedRun):
         status: TurnStatus,
         turn: Turn | None,
         error: str | None,
+        began: float | None = None,
         code: ErrorCode = ErrorCode.AGENT_ERROR,
     ) -> None:
+        """End the turn without a store; ``began``: when it started running (``perf_counter``), None if it never did."""
+        self.registry.metrics.turn_ended(status, None if began is None else perf_counter() - began)
         for event in self.state.turn_ended(request, status, turn.usage if turn is not None else None, error, code):
             self.emit(event)
         holder = self.holder
@@ -523,24 +537,33 @@ class LiveRun(SharedRun):
         turn: Turn | None,
         error: str | None,
         started_at: float,
+        began: float | None = None,
         *,
         code: ErrorCode = ErrorCode.AGENT_ERROR,
     ) -> None:
+        """End the turn: store its reply, then send its final events (``began`` as for :meth:`_end_turn`)."""
         # Stored first, sent after: a client never holds a reply the store lacks.
         if self.store is None:
-            self._end_turn(request, status, turn, error, code)
+            self._end_turn(request, status, turn, error, began, code)
             return
         events = self.state.turn_ended(request, status, turn.usage if turn is not None else None, error, code)
         last = events[-1]
         if self.store is not None and isinstance(last, StreamEnd | Response):
             record = ReplyRecord.of_final_event(
-                last, run_id=self.run_id, message_number=request.message_number, started_at=started_at, finished_at=now()
+                last,
+                run_id=self.run_id,
+                message_number=request.message_number,
+                started_at=started_at,
+                finished_at=now(),
             )
+            saving = perf_counter()
             with trio.move_on_after(STORE_TIMEOUT_S):
                 try:
                     await self.store.save_reply(record)
                 except Exception:
                     log.exception("run %s: storing the reply to %s failed", self.run_id, request.id)
+            self.registry.metrics.store_op("save_reply", perf_counter() - saving)
+        self.registry.metrics.turn_ended(status, None if began is None else perf_counter() - began)
         for event in events:
             self.emit(event)
         holder = self.holder
@@ -569,10 +592,18 @@ class RunRegistry:
     ``node`` is the link to a shared run backend, or None (runs live here alone).
     """
 
-    def __init__(self, nursery: trio.Nursery, store: TranscriptStore | None, node: Node | None = None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        store: TranscriptStore | None,
+        node: Node | None = None,
+        metrics: ChatMetrics | None = None,
+    ) -> None:
         self.nursery = nursery
         self.store = store
         self.node = node
+        self.metrics = metrics if metrics is not None else ChatMetrics()
+        """Turns and store latency, counted whether or not anyone scrapes them (a few additions per turn)."""
         self.runs: dict[str, LiveRun] = {}
         self._graces: list[tuple[float, int, LiveRun]] = []
         self._grace_counter = 0
@@ -606,7 +637,9 @@ class RunRegistry:
             return None
         return run
 
-    async def find_shared(self, run_id: str, path: str, settings: ChatSettings, agents: Mapping[str, Agent]) -> LiveRun | None:
+    async def find_shared(
+        self, run_id: str, path: str, settings: ChatSettings, agents: Mapping[str, Agent]
+    ) -> LiveRun | None:
         """:meth:`find`, else the run from the backend, followed here (or taken over); None when it does not exist.
 
         Raises :class:`~antiphon.errors.RunBackendError` when the backend cannot be reached.

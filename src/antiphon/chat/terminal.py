@@ -3,8 +3,8 @@
 On a terminal the prompt has line editing and history (prompt_toolkit); Alt-Enter (or
 Esc, Enter) starts a new line, and a paste stays one message however many lines it has.
 Ctrl-C during a reply cancels that turn (a ``cancel`` goes to the gateway; a second Ctrl-C
-leaves); Ctrl-C or Ctrl-D at the prompt leaves. Commands: ``/agent [NAME]``, ``/help``,
-``/quit``; ``//text`` sends ``/text``. Replies go to standard output; status lines
+leaves); Ctrl-C or Ctrl-D at the prompt leaves. Commands: ``/agent [NAME]``,
+``/resume [RUN_ID]``, ``/help``, ``/quit``; ``//text`` sends ``/text``. Replies go to standard output; status lines
 (reconnecting, reconnected, cancelled, errors) to standard error. Without a terminal (a
 pipe), every line of standard input is one message.
 
@@ -16,28 +16,36 @@ the current turn's events to the screen, ending the turn on its ``stream_end`` /
 ``response``; the rest as status lines, printed above the prompt while it is up. A second
 task turns SIGINT (Ctrl-C while a reply runs, when the terminal is not in raw mode) into a
 ``cancel`` of the current turn. Only the public :class:`~antiphon.chat.client.ChatClient`
-API is used: reconnect attempts are seen through the :class:`ReconnectPolicy` the client
-asks for each delay.
+API is used: reconnect attempts arrive through ``open_chat(on_reconnect=...)``.
+
+``/resume RUN_ID`` (and ``--resume RUN_ID`` at start) continues another run: a second
+client resumes it, and only once the gateway has accepted the resume is the current
+conversation left (closed with 1000), so a mistyped id costs nothing. Each client runs in
+a task of its own, which is what lets the old one close after the new one opened. Replies
+of turns this terminal did not start (the resumed run's, replayed) are printed whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import signal
+import ssl
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, Literal, TextIO
 
 import trio
-from attrs import define, field, frozen
+from attrs import define, field
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from antiphon.chat.client import ChatClient, ReconnectPolicy, open_chat
+from antiphon.chat.client import ChatClient, Reconnecting, open_chat
+from antiphon.engine._util import open_nursery_unwrapped
 from antiphon.errors import ChatError, ConfigError, ConnectionClosed, HandshakeRejected
 from antiphon.proto.chat.messages import (
     ErrorCode,
@@ -50,7 +58,17 @@ from antiphon.proto.chat.messages import (
 )
 from antiphon.proto.close import CloseCode
 
-__all__ = ["run_terminal_chat"]
+__all__ = [
+    "AUTH_CLOSE_CODES",
+    "AUTH_CODES",
+    "CONTINUATION",
+    "EXIT_CLOSED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "HELP",
+    "run_terminal_chat",
+]
 
 EXIT_OK: Final = 0
 EXIT_CLOSED: Final = 1
@@ -61,15 +79,12 @@ EXIT_INTERRUPTED: Final = 130
 AUTH_CODES: Final = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED, ErrorCode.AUTH_TIMEOUT})
 AUTH_CLOSE_CODES: Final = frozenset({CloseCode.AUTH_FAILED, CloseCode.AUTH_TIMEOUT})
 
-NO_SECRET: Final = ""
-"""Sent as the first-message secret when none was given. No gateway that requires a secret
-accepts an empty one (ChatSettings refuses it), so it answers ``auth_failed`` at once instead
-of waiting out its ``auth_timeout``; a gateway without authentication ignores the frame."""
-
 HELP: Final = """\
 commands:
   /agent         list the connector's agents
   /agent NAME    talk to agent NAME from now on
+  /resume        show this conversation's run id
+  /resume RUN    leave this conversation and continue run RUN (its replies are replayed)
   /help          this text
   /quit          leave (so do Ctrl-D and Ctrl-C at the prompt)
   //text         send "/text"
@@ -88,18 +103,6 @@ class _Turn:
     done: trio.Event = field(factory=trio.Event)
     open_line: bool = False  # chunks were written and no newline yet
     cancelling: bool = False
-
-
-@frozen(kw_only=True)
-class _AnnouncingPolicy(ReconnectPolicy):
-    """The client's reconnect policy, telling the screen whenever the client waits to retry."""
-
-    announce: Callable[[int, float], None]
-
-    def delay(self, attempt: int) -> float:
-        wait = super().delay(attempt)
-        self.announce(attempt, wait)
-        return wait
 
 
 class _Screen:
@@ -204,7 +207,9 @@ class _TerminalPrompt(_Prompt):
 class _Chat:
     """One terminal conversation over a connected :class:`ChatClient`."""
 
-    def __init__(self, chat: ChatClient, prompt: _Prompt, screen: _Screen, agent: str | None) -> None:
+    def __init__(
+        self, chat: ChatClient, prompt: _Prompt, screen: _Screen, agent: str | None, *, resumed: bool = False
+    ) -> None:
         self.chat = chat
         self.prompt = prompt
         self.screen = screen
@@ -214,7 +219,11 @@ class _Chat:
         self.current: _Turn | None = None
         self.exit_code = EXIT_OK
         self.over = False
+        self.resume_to: str | None = None
+        """Set by ``/resume RUN``: the caller opens that run, then leaves this one."""
+        self._resumed = resumed  # the first `resumed` event answers our resume, not a reconnect
         self._ids = itertools.count(1)
+        self._id_suffix = secrets.token_hex(4)  # never an id the resumed run has seen
         self._scope = trio.CancelScope()
 
     async def run(self, signals: AsyncIterator[int]) -> int:
@@ -243,7 +252,7 @@ class _Chat:
             if not line.strip():
                 continue
             if line.startswith("/") and not line.startswith("//"):
-                if self._command(line.strip()) == "quit":
+                if self._command(line.strip()) in ("quit", "resume"):
                     return
                 continue
             await self._turn(line[1:] if line.startswith("//") else line)
@@ -253,6 +262,15 @@ class _Chat:
         arg = arg.strip()
         if name == "/quit":
             return "quit"
+        if name == "/resume":
+            if not arg:
+                self.screen.status(f"run: {self.chat.session_id}")
+                return None
+            if arg == self.chat.session_id:
+                self.screen.status(f"already in run {arg}")
+                return None
+            self.resume_to = arg
+            return "resume"
         if name == "/help":
             self.screen.status(HELP)
         elif name == "/agent":
@@ -269,7 +287,7 @@ class _Chat:
         return None
 
     async def _turn(self, text: str) -> None:
-        turn = _Turn(id=f"t{next(self._ids)}")
+        turn = _Turn(id=f"t{next(self._ids)}-{self._id_suffix}")
         self.current = turn
         try:
             await self.chat.send(text, id=turn.id, agent=self.agent)
@@ -333,9 +351,19 @@ class _Chat:
             if mine and event.code != ErrorCode.AGENT_ERROR:
                 assert turn is not None
                 turn.done.set()  # refused, never accepted: no reply will come
+        elif isinstance(event, (StreamEnd, Response)):
+            # A turn this terminal did not start: the resumed run's, replayed.
+            text = event.full_response if isinstance(event, StreamEnd) else event.response
+            self.screen.write(text.rstrip("\n") + "\n")
         elif isinstance(event, Resumed):
             lost = "" if event.complete else "; some events were lost"
-            self.screen.status(f"[reconnected: run {event.connector_run_id} resumed, {event.replayed} events replayed{lost}]")
+            if self._resumed:
+                self._resumed = False
+                self.screen.status(f"[resumed run {event.connector_run_id}: {event.replayed} events replayed{lost}]")
+            else:
+                self.screen.status(
+                    f"[reconnected: run {event.connector_run_id} resumed, {event.replayed} events replayed{lost}]"
+                )
 
     def _end_line(self, turn: _Turn) -> None:
         if turn.open_line:
@@ -350,34 +378,41 @@ async def run_terminal_chat(
     *,
     agent: str | None = None,
     secret_env: str = "ANTIPHON_SECRET",
+    resume: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Talk to the gateway at ``url`` until the user leaves or the conversation ends; returns the exit status.
 
-    Raises :class:`ConfigError` at once when the gateway asks for a secret and none was
-    given, or ``agent`` is not one of the connector's; :class:`ChatError` /
+    ``resume`` continues that run instead of starting one. Raises :class:`ConfigError` at
+    once when the gateway asks for a secret and none was given, ``agent`` is not one of
+    the connector's, or ``resume`` names no resumable run; :class:`ChatError` /
     :class:`HandshakeRejected` when it refuses the secret; other connection failures as
     antiphon's errors.
     """
     screen = _Screen(lambda: sys.stdout, lambda: sys.stderr)
-    policy = ReconnectPolicy()
 
-    def announce(attempt: int, wait: float) -> None:
-        screen.status(f"[connection lost; reconnecting, attempt {attempt} of {policy.max_attempts}, in {wait:g} s]")
+    def announce(event: Reconnecting) -> None:
+        screen.status(
+            f"[connection lost; reconnecting, attempt {event.attempt} of {event.max_attempts}, in {event.delay_s:g} s]"
+        )
 
-    reconnect = _AnnouncingPolicy(
-        max_attempts=policy.max_attempts,
-        initial_delay_s=policy.initial_delay_s,
-        max_delay_s=policy.max_delay_s,
-        factor=policy.factor,
-        announce=announce,
-    )
-    try:
+    async def hold(run: str | None, *, task_status: trio.TaskStatus[tuple[ChatClient, trio.Event]]) -> None:
+        # One task per client: the old one can close after the new one opened.
         async with open_chat(
-            url,
-            secret=secret if secret is not None else NO_SECRET,
-            auth=auth if secret is not None else "message",
-            reconnect=reconnect,
+            url, secret=secret, auth=auth, resume_run=run, on_reconnect=announce, ssl_context=ssl_context
         ) as chat:
+            leave = trio.Event()
+            task_status.started((chat, leave))
+            await leave.wait()
+
+    try:
+        async with open_nursery_unwrapped() as nursery:
+            try:
+                chat, leave = await _start(nursery, hold, resume)
+            except ChatError as exc:
+                if exc.code == ErrorCode.UNKNOWN_RUN and resume is not None:
+                    raise ConfigError(f"--resume {resume}: no resumable run here (unknown or expired)") from None
+                raise
             assert chat.connected is not None
             agents = chat.connected.agents
             if agent is not None and agent not in agents:
@@ -388,7 +423,26 @@ async def run_terminal_chat(
             prompt = _TerminalPrompt() if interactive else _PipePrompt()
             # From here on Ctrl-C is ours (while connecting, it simply stops the command).
             with trio.open_signal_receiver(signal.SIGINT) as signals:
-                return await _Chat(chat, prompt, screen, agent).run(signals)
+                resumed = resume is not None
+                while True:
+                    talk = _Chat(chat, prompt, screen, agent, resumed=resumed)
+                    code = await talk.run(signals)
+                    agent = talk.agent
+                    if talk.resume_to is None:
+                        leave.set()
+                        return code
+                    screen.status(f"[resuming run {talk.resume_to}]")
+                    try:
+                        new_chat, new_leave = await _start(nursery, hold, talk.resume_to)
+                    except ChatError as exc:
+                        if exc.code != ErrorCode.UNKNOWN_RUN:
+                            raise
+                        gone, here = talk.resume_to, chat.session_id
+                        screen.status(f"[no resumable run {gone} (unknown or expired); still in run {here}]")
+                        resumed = False
+                        continue
+                    leave.set()  # this conversation's run ends (1000); the resumed one goes on
+                    chat, leave, resumed = new_chat, new_leave, True
     except ChatError as exc:
         if exc.code in AUTH_CODES:
             raise _auth_error(url, secret, exc.message, secret_env) from None
@@ -401,6 +455,21 @@ async def run_terminal_chat(
         if exc.status_code == 401:
             raise _auth_error(url, secret, "HTTP 401", secret_env) from None
         raise
+
+
+async def _start(
+    nursery: trio.Nursery,
+    hold: Callable[..., Awaitable[None]],
+    run: str | None,
+) -> tuple[ChatClient, trio.Event]:
+    """``nursery.start(hold, run)``, with a failure to connect raised as itself, not in a group."""
+    try:
+        started: tuple[ChatClient, trio.Event] = await nursery.start(hold, run)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
+    return started
 
 
 def _auth_error(url: str, secret: str | None, detail: str, secret_env: str) -> ConfigError:

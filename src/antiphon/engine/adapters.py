@@ -65,7 +65,18 @@ from antiphon.engine.wire import Incoming, Pong, Wire, WireClosed
 from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
-__all__ = ["TrioWebSocketWire", "WebSocketConnectionLike", "WebSocketRequestLike", "serve_trio_websocket", "serve_trio_websocket_request"]
+__all__ = [
+    "CLOSE_REASON_MAX_BYTES",
+    "Target",
+    "TrioWebSocketWire",
+    "WebSocketConnectionLike",
+    "WebSocketRequestLike",
+    "close_code_for",
+    "describe_connection",
+    "describe_request",
+    "serve_trio_websocket",
+    "serve_trio_websocket_request",
+]
 
 CLOSE_REASON_MAX_BYTES = 123
 """A close frame's payload is at most 125 bytes, two of them the code."""
@@ -103,7 +114,9 @@ class WebSocketRequestLike(Protocol):
     def proposed_subprotocols(self) -> Sequence[str]: ...
     @property
     def remote(self) -> Any: ...
-    async def accept(self, *, subprotocol: str | None = None, extra_headers: list[tuple[bytes, bytes]] | None = None) -> Any: ...
+    async def accept(
+        self, *, subprotocol: str | None = None, extra_headers: list[tuple[bytes, bytes]] | None = None
+    ) -> Any: ...
     async def reject(
         self, status_code: int, *, extra_headers: list[tuple[bytes, bytes]] | None = None, body: bytes | None = None
     ) -> None: ...
@@ -120,7 +133,9 @@ def _connection_closed_type() -> type[Exception]:
     try:
         from trio_websocket import ConnectionClosed
     except ImportError:  # pragma: no cover - the caller holds a trio-websocket connection
-        raise ConfigError("serving a trio-websocket connection needs trio-websocket: pip install 'antiphon[trio-websocket]'") from None
+        raise ConfigError(
+            "serving a trio-websocket connection needs trio-websocket: pip install 'antiphon[trio-websocket]'"
+        ) from None
     return ConnectionClosed
 
 
@@ -315,7 +330,9 @@ def describe_request(request: WebSocketRequestLike) -> HandshakeRequest:
     )
 
 
-def _decide(target: Target, request: HandshakeRequest, session_config: SessionConfig | None, session_id: str | None) -> Accept | Reject:
+def _decide(
+    target: Target, request: HandshakeRequest, session_config: SessionConfig | None, session_id: str | None
+) -> Accept | Reject:
     if isinstance(target, SessionHandler):
         return Accept(target, session_config=session_config, session_id=session_id)
     decision = target.route(request) if isinstance(target, SessionServer) else target(request, full=False)
@@ -343,11 +360,11 @@ def close_code_for(decision: Reject) -> tuple[CloseCode, str]:
     return code, reason
 
 
-async def _serve(ws: WebSocketConnectionLike, target: Target, decision: Accept) -> None:
+async def _serve(ws: WebSocketConnectionLike, target: Target, decision: Accept, info: HandshakeRequest) -> None:
     async with trio.open_nursery() as nursery:
         wire = TrioWebSocketWire(ws, nursery)
         if isinstance(target, SessionServer):
-            await target.serve_wire(wire, decision)
+            await target.serve_wire(wire, decision, info)
         else:
             await Session(wire, decision.session_config, id=decision.session_id).run(decision.handler)
         nursery.cancel_scope.cancel()
@@ -370,13 +387,14 @@ async def serve_trio_websocket(
     decision's. Returns once the session is over; it never raises for the session's
     own failures.
     """
-    decision = _decide(target, describe_connection(ws, request), session_config, session_id)
+    info = describe_connection(ws, request)
+    decision = _decide(target, info, session_config, session_id)
     if isinstance(decision, Reject):
         code, reason = close_code_for(decision)
         with trio.move_on_after((session_config or SessionConfig()).close_timeout_s):
             await ws.aclose(code, reason or None)
         return
-    await _serve(ws, target, decision)
+    await _serve(ws, target, decision, info)
 
 
 async def serve_trio_websocket_request(
@@ -391,11 +409,11 @@ async def serve_trio_websocket_request(
     The accepted connection gets the subprotocol the face chose. Otherwise as
     :func:`serve_trio_websocket`.
     """
-    decision = _decide(target, describe_request(request), session_config, session_id)
+    info = describe_request(request)
+    decision = _decide(target, info, session_config, session_id)
     if isinstance(decision, Reject):
         headers = [(b"content-type", decision.content_type.encode("latin-1")), *decision.headers]
         await request.reject(decision.status, extra_headers=headers, body=decision.body)
         return
     ws = await request.accept(subprotocol=decision.subprotocol)
-    await _serve(ws, target, decision)
-
+    await _serve(ws, target, decision, info)

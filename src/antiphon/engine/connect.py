@@ -25,6 +25,7 @@ import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
 from antiphon.engine._util import open_nursery_unwrapped
@@ -35,7 +36,7 @@ from antiphon.engine.transport import (
     Transport,
     TransportBroken,
 )
-from antiphon.engine.wire import WebSocketWire
+from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire
 from antiphon.errors import (
     ConfigError,
     HandshakeError,
@@ -44,7 +45,13 @@ from antiphon.errors import (
     OperationTimeout,
 )
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "check_headers", "connect_websocket", "open_client_websocket"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "OpenStream",
+    "check_headers",
+    "connect_websocket",
+    "open_client_websocket",
+]
 
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
 """How long dialling plus the opening handshake may take by default."""
@@ -131,7 +138,11 @@ async def connect_websocket(
             raise LocalProtocolError(f"subprotocol {proto!r} is not a valid HTTP token")
     # websockets' recommended client settings (memLevel 5; the server picks the windows).
     extensions = enable_client_permessage_deflate(None) if compression == "deflate" else None
-    protocol = ClientProtocol(uri, subprotocols=list(subprotocols) or None, extensions=extensions, max_size=max_message_size)
+    offered = [Subprotocol(p) for p in subprotocols] or None
+    protocol = ClientProtocol(
+        uri, subprotocols=offered, extensions=extensions, max_size=max_message_size, logger=PROTOCOL_LOGGER
+    )
+    protocol.debug = False  # never log the request's lines: headers and query string can carry secrets
     request = protocol.connect()
     for name, value in headers:
         request.headers[name] = value
@@ -155,9 +166,20 @@ async def connect_websocket(
                 raise _rejected(url, exc.status) from None
             raise HandshakeError(f"WebSocket handshake with {_safe(url)} failed: {exc}") from None
         if isinstance(exc, (OSError, TransportBroken, trio.BrokenResourceError)):
-            raise HandshakeError(f"cannot connect to {_safe(url)}: {exc}") from None
+            raise HandshakeError(f"cannot connect to {_safe(url)}: {_reason(exc)}") from None
         raise
     return WebSocketWire(protocol, transport, max_message_size=max_message_size, initial=frames)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words: a TLS failure's own text, not Trio's empty BrokenResourceError."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        hint = "pass ssl_context, or set SSL_CERT_FILE, to trust its CA"
+        return f"TLS certificate verify failed: {cause.verify_message} ({hint})"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    return str(cause) or type(cause).__name__
 
 
 class _Closing(trio.abc.AsyncResource):

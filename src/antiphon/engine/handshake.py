@@ -31,9 +31,11 @@ __all__ = [
     "HandshakeRequest",
     "Reject",
     "Router",
-    "read_response",
+    "describe",
     "read_request",
+    "read_response",
     "reject",
+    "subprotocol_list",
     "write_pending",
 ]
 

@@ -22,7 +22,21 @@ on one connection, a bug in a face included, is logged and contained there: the 
 and the other sessions carry on. A connection upgraded elsewhere - by a trio-websocket
 server, through :mod:`antiphon.engine.adapters` - asks :meth:`SessionServer.route`
 the same question and joins through :meth:`SessionServer.serve_wire`, counted like
-the server's own.
+the server's own. With ``ssl`` the TLS handshake runs first, under the
+same ``handshake_timeout_s``; a peer that fails it costs its connection only.
+
+Two plain HTTP requests (no ``Upgrade: websocket``) are the engine's own, answered before
+any face sees them: ``GET /healthz`` (200 ``ok`` while accepting, 503 ``draining`` during
+a shutdown) and ``GET /metrics`` (the Prometheus text format of :mod:`.metrics`; off with
+``ServerConfig(metrics=False)``). A WebSocket upgrade to those paths still goes to the face.
+
+Logs: one INFO line per session opened and closed (remote, path, face, close code,
+duration) and per refused handshake (remote, path, status, reason); the path is logged
+without its query string, where a secret may travel, and websockets' own protocol
+logging is quieted (see :data:`~antiphon.engine.wire.PROTOCOL_LOGGER`). Health checks,
+scrapes, timeouts and broken handshakes are DEBUG. The fields also travel as the
+record's ``extra`` attributes (``remote``, ``path``, ``face``, ``close_code``,
+``duration_s``, ``status``) for JSON logs.
 """
 
 from __future__ import annotations
@@ -31,10 +45,11 @@ import errno
 import logging
 import socket
 import ssl
-from typing import Final
+from typing import Final, Self
 
 import trio
 from attrs import field, frozen
+from prometheus_client import CollectorRegistry
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.server import ServerProtocol
 
@@ -49,6 +64,16 @@ from antiphon.engine.handshake import (
     reject,
     write_pending,
 )
+from antiphon.engine.listen import LISTEN_BACKLOG, open_tcp_listeners
+from antiphon.engine.metrics import (
+    HEALTH_PATH,
+    METRICS_CONTENT_TYPE,
+    METRICS_PATH,
+    ServerCollector,
+    ServerCounters,
+    new_registry,
+    render,
+)
 from antiphon.engine.session import Session, SessionConfig
 from antiphon.engine.transport import (
     SocketTransport,
@@ -56,19 +81,28 @@ from antiphon.engine.transport import (
     Transport,
     TransportBroken,
 )
-from antiphon.engine.wire import WebSocketWire, Wire
-from antiphon.errors import ConfigError, ListenError
+from antiphon.engine.wire import PROTOCOL_LOGGER, WebSocketWire, Wire
+from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
-__all__ = ["Accept", "HandshakeRequest", "Reject", "Router", "ServerConfig", "SessionServer"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "LISTEN_BACKLOG",
+    "MIB",
+    "Accept",
+    "HandshakeRequest",
+    "Reject",
+    "Router",
+    "ServerConfig",
+    "SessionServer",
+    "open_tcp_listeners",
+]
 
 log = logging.getLogger("antiphon.server")
 
 MIB: Final = 1024 * 1024
 ACCEPT_BATCH: Final = 64
 """Connections accepted per wake-up of a listener: a burst of clients costs one wait, not one each."""
-LISTEN_BACKLOG: Final = 4096
-"""Pending connections the kernel queues per listener (capped by net.core.somaxconn)."""
 
 
 @frozen(kw_only=True)
@@ -87,6 +121,8 @@ class ServerConfig:
     """Serve ``wss://`` with this server-side context; None serves plain ``ws://``."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT: several processes listen on one port, the kernel spreads connections among them."""
+    metrics: bool = True
+    """Answer ``GET /metrics`` with the Prometheus text format; False leaves the path to the face."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -104,13 +140,33 @@ class ServerConfig:
 
 
 class SessionServer:
-    """Serve WebSocket sessions for one face; see the module docstring."""
+    """Serve WebSocket sessions for one face; see the module docstring.
 
-    def __init__(self, router: Router, config: ServerConfig | None = None, session_config: SessionConfig | None = None):
+    ``face`` names the face in logs and metric labels (``chat``, ``tools``, ``media``).
+    :attr:`metrics_registry` is the server's own Prometheus registry (None with
+    ``metrics=False``); a face registers its collectors there.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        config: ServerConfig | None = None,
+        session_config: SessionConfig | None = None,
+        *,
+        face: str = "engine",
+    ):
         self.router = router
         self.config = config or ServerConfig()
         self.session_config = session_config or SessionConfig()
+        self.face = face
         self.sessions: set[Session] = set()
+        self.counters = ServerCounters()
+        self.metrics_registry: CollectorRegistry | None = None
+        if self.config.metrics:
+            self.metrics_registry = new_registry()
+            self.metrics_registry.register(
+                ServerCollector(face, self.counters, lambda: self.sessions, lambda: self._connections)
+            )
         self._connections = 0
         self._listeners: list[socket.socket] = []
         self._address: tuple[str, int] | None = None
@@ -162,9 +218,7 @@ class SessionServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(
-        self, *, listen: bool = True, task_status: trio.TaskStatus[SessionServer] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled or until :meth:`shutdown` has finished.
 
         With ``listen=False`` no socket is opened: connections come only through
@@ -310,42 +364,65 @@ class SessionServer:
         # websockets' recommended settings (a 4 KiB window each way, memLevel 5): ~50 KiB of
         # zlib state per session instead of ~300 KiB at zlib's defaults.
         extensions = enable_server_permessage_deflate(None) if cfg.compression == "deflate" else None
-        return ServerProtocol(max_size=cfg.max_message_size, extensions=extensions)
+        protocol = ServerProtocol(max_size=cfg.max_message_size, extensions=extensions, logger=PROTOCOL_LOGGER)
+        protocol.debug = False  # never log the request's lines: headers and query string can carry secrets
+        return protocol
 
     async def _serve_connection(self, transport: Transport) -> None:
         cfg = self.config
         protocol = self._protocol()
         with trio.move_on_after(cfg.handshake_timeout_s) as scope:
             if isinstance(transport, StreamTransport) and isinstance(transport.stream, trio.SSLStream):
-                await transport.stream.do_handshake()
-            request, frames = await read_request(protocol, transport)
+                try:
+                    await transport.stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    self.counters.handshake("tls")
+                    log.debug("connection from %s: TLS handshake failed: %s", transport.remote, exc.__cause__ or exc)
+                    return
+            try:
+                request, frames = await read_request(protocol, transport)
+            except HandshakeFailed:
+                self.counters.handshake("invalid")
+                raise
         if scope.cancelled_caught:
+            self.counters.handshake("timeout")
             log.debug("connection from %s: no handshake within %gs", transport.remote, cfg.handshake_timeout_s)
             return
-        decision = self.route(describe(request, transport.remote))
+        info = describe(request, transport.remote)
+        own = self._own_request(info)
+        if own is not None:
+            log.debug("GET %s from %s: %d", _loggable(info.path), info.remote, own.status)
+            await self._answer(protocol, transport, own)
+            return
+        decision = self.route(info)
         if isinstance(decision, Reject):
-            protocol.send_response(reject(decision))
-            with trio.move_on_after(cfg.handshake_timeout_s):
-                await write_pending(protocol, transport)
+            await self._refuse(protocol, transport, info, decision)
             return
         if decision.subprotocol is not None:
             protocol.available_subprotocols = [decision.subprotocol]  # type: ignore[list-item]
         response = protocol.accept(request)
+        if response.status_code != 101:
+            # Not a valid upgrade: websockets answers 400/405/426 itself.
+            body = (response.body or b"").decode("utf-8", "replace")
+            self._log_refused(info, response.status_code, body)
+            protocol.send_response(response)
+            with trio.move_on_after(cfg.handshake_timeout_s):
+                await write_pending(protocol, transport)
+            return
         protocol.send_response(response)
         with trio.move_on_after(cfg.handshake_timeout_s):
             await write_pending(protocol, transport)
-        if response.status_code != 101:
-            return  # not a valid upgrade: websockets answered 400/405/426
+        self.counters.handshake("accepted")
         wire = WebSocketWire(protocol, transport, max_message_size=cfg.max_message_size, initial=frames)
-        await self._run_session(wire, decision)
+        await self._run_session(wire, decision, info)
 
     def route(self, request: HandshakeRequest) -> Accept | Reject:
-        """The face's decision for ``request``: its router's, told whether the server is full; 503 once shutting down."""
+        """The face's decision for ``request``: its router's, told whether the server is full; 503 when draining."""
         if self._shutting_down:
             return Reject(503, b"the server is shutting down\n")
         return self.router(request, full=len(self.sessions) >= self.config.max_connections)
 
-    async def serve_wire(self, wire: Wire, decision: Accept) -> None:
+    async def serve_wire(self, wire: Wire, decision: Accept, request: HandshakeRequest | None = None) -> None:
         """Run the session ``decision`` asks for on a connection upgraded elsewhere, until it ends.
 
         For :mod:`antiphon.engine.adapters`: the connection counts like one of the
@@ -353,17 +430,84 @@ class SessionServer:
         """
         self._connection_opened()
         try:
-            await self._run_session(wire, decision)
+            await self._run_session(wire, decision, request or HandshakeRequest("/", (), (), wire.remote))
         finally:
             self._connection_closed()
 
-    async def _run_session(self, wire: Wire, decision: Accept) -> None:
+    async def _run_session(self, wire: Wire, decision: Accept, info: HandshakeRequest) -> None:
         session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
+        opened = trio.current_time()
+        path = _loggable(info.path)
+        fields = {"remote": info.remote, "path": path, "face": self.face, "session": session.id}
+        log.info("session %s opened: %s %s (%s)", session.id[:8], info.remote, path, self.face, extra=fields)
         try:
             await session.run(decision.handler)
         finally:
             self.sessions.discard(session)
+            self.counters.session_ended(session)
+            duration = trio.current_time() - opened
+            log.info(
+                "session %s closed: %s %s (%s) %s%s%s after %.3fs",
+                session.id[:8],
+                info.remote,
+                path,
+                self.face,
+                session.close_code,
+                f" {session.close_reason}" if session.close_reason else "",
+                " by the peer" if session.closed_by_peer else "",
+                duration,
+                extra={
+                    **fields,
+                    "close_code": session.close_code,
+                    "close_reason": session.close_reason,
+                    "closed_by_peer": session.closed_by_peer,
+                    "duration_s": round(duration, 6),
+                },
+            )
+
+    def _own_request(self, info: HandshakeRequest) -> Reject | None:
+        """The answer to a plain ``GET /healthz`` or ``GET /metrics``; None leaves the request to the face."""
+        if info.upgrade:
+            return None
+        if info.path == HEALTH_PATH:
+            if self._shutting_down:
+                return Reject(503, b"draining\n")
+            return Reject(200, b"ok\n")
+        if info.path == METRICS_PATH and self.metrics_registry is not None:
+            return Reject(200, render(self.metrics_registry), content_type=METRICS_CONTENT_TYPE)
+        return None
+
+    async def _refuse(
+        self, protocol: ServerProtocol, transport: Transport, info: HandshakeRequest, decision: Reject
+    ) -> None:
+        reason = decision.body.decode("utf-8", "replace") if decision.content_type.startswith("text/") else ""
+        self._log_refused(info, decision.status, reason)
+        await self._answer(protocol, transport, decision)
+
+    def _log_refused(self, info: HandshakeRequest, status: int, reason: str) -> None:
+        self.counters.handshake(str(status))
+        reason = _loggable(" ".join(reason.split())[:200])  # the face's own text, one line, bounded
+        path = _loggable(info.path)
+        log.info(
+            "handshake refused: %s %s (%s) %d%s",
+            info.remote,
+            path,
+            self.face,
+            status,
+            f" {reason}" if reason else "",
+            extra={"remote": info.remote, "path": path, "face": self.face, "status": status, "reason": reason},
+        )
+
+    async def _answer(self, protocol: ServerProtocol, transport: Transport, decision: Reject) -> None:
+        protocol.send_response(reject(decision))
+        with trio.move_on_after(self.config.handshake_timeout_s):
+            await write_pending(protocol, transport)
+
+
+def _loggable(text: str) -> str:
+    """``text`` with control characters escaped: a client's path must not write escape codes into a terminal."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class _Closer(trio.abc.AsyncResource):
@@ -374,42 +518,3 @@ class _Closer(trio.abc.AsyncResource):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
-
-
-async def open_tcp_listeners(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Bind non-blocking listening sockets for ``host`` (every address it resolves to) and ``port``.
-
-    ``reuse_port`` sets SO_REUSEPORT, so other processes (of the same user) may listen on
-    the same port. Raises :class:`~antiphon.errors.ListenError` naming the address, e.g.
-    when it is in use.
-    """
-    shown = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
-    try:
-        infos = await trio.socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}", errno=exc.errno) from None
-    listeners: list[socket.socket] = []
-    seen: set[tuple[int, object]] = set()
-    try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
-                continue
-            seen.add((family, addr))
-            sock = socket.socket(family, type_, proto)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
-        raise ListenError(f"cannot listen on {shown}: {reason}", errno=exc.errno) from None
-    if not listeners:
-        raise ListenError(f"cannot listen on {shown}: no address to bind")
-    return listeners

@@ -64,7 +64,12 @@ from antiphon.engine.wire import Pong, Wire, WireClosed
 from antiphon.errors import ConfigError
 from antiphon.proto.close import CloseCode
 
-__all__ = ["Session", "SessionConfig", "SessionHandler"]
+__all__ = [
+    "KIB",
+    "Session",
+    "SessionConfig",
+    "SessionHandler",
+]
 
 log = logging.getLogger("antiphon.session")
 
@@ -134,6 +139,10 @@ class Session:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed_by_peer = False
+        self.messages_in = 0
+        """Whole messages handed to the handler so far (for metrics: one ``+= 1`` each)."""
+        self.messages_out = 0
+        """Messages sent so far (for metrics)."""
         self._handler: SessionHandler | None = None
         self._nursery: trio.Nursery | None = None
         self._high = self.config.send_buffer_high_bytes
@@ -210,12 +219,13 @@ class Session:
             return False
         corked = self._corked and wire.buffered < self._high
         wire.send_message(message, flush=not corked)
+        self.messages_out += 1
         if wire.buffered and not corked and not self._writer_running:
             self._start_writer()
         return True
 
     async def send(self, message: str | bytes) -> None:
-        """Send ``message``, first waiting while the peer has ``send_buffer_high_bytes`` unread; dropped once closing."""
+        """Send ``message``, first waiting while the peer has ``send_buffer_high_bytes`` unread; dropped if closing."""
         await self.wait_for_room()
         self.send_nowait(message)
 
@@ -415,6 +425,7 @@ class Session:
                             if type(item) is Pong:
                                 self._pong_deadline = math.inf
                             else:
+                                self.messages_in += 1
                                 handler.on_message(self, item)  # type: ignore[arg-type]
                                 if self._closing:
                                     break
@@ -601,7 +612,9 @@ class Session:
         wire = self.wire
         deadline = self._close_deadline if self._close_deadline < math.inf else None
         with trio.CancelScope(shield=True):
-            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + self.config.close_timeout_s):
+            with trio.move_on_at(
+                deadline if deadline is not None else trio.current_time() + self.config.close_timeout_s
+            ):
                 if wire.closed is None:
                     wire.start_close(self.close_code or CloseCode.NORMAL, self.close_reason or "")
                 await wire.finish()

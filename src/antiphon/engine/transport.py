@@ -50,6 +50,12 @@ class Transport:
     remote: str = "?"
     """The peer's address as ``host:port``, for logs."""
 
+    bytes_in: int = 0
+    """Bytes read so far (for metrics: one addition per read)."""
+
+    bytes_out: int = 0
+    """Bytes written so far (for metrics: one addition per write)."""
+
     def try_write(self, data: bytes | memoryview) -> int:
         """Write what the kernel takes now, without waiting; returns the byte count (maybe 0)."""
         raise NotImplementedError
@@ -101,11 +107,13 @@ class SocketTransport(Transport):
         if self._closed:
             raise trio.ClosedResourceError("the transport was closed")
         try:
-            return self.sock.send(data)
+            sent = self.sock.send(data)
         except BlockingIOError:
             return 0
         except OSError as exc:
             raise TransportBroken(str(exc)) from exc
+        self.bytes_out += sent
+        return sent
 
     async def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -131,11 +139,13 @@ class SocketTransport(Transport):
                 raise trio.ClosedResourceError("the transport was closed")
             await trio.lowlevel.wait_readable(self.sock)
             try:
-                return self.sock.recv(READ_SIZE_BYTES)
+                data = self.sock.recv(READ_SIZE_BYTES)
             except BlockingIOError:
                 continue  # a spurious wake-up
             except OSError as exc:
                 raise TransportBroken(str(exc)) from exc
+            self.bytes_in += len(data)
+            return data
 
     async def send_eof(self) -> None:
         if not self._closed:
@@ -172,12 +182,15 @@ class StreamTransport(Transport):
             await self.stream.send_all(data)
         except trio.BrokenResourceError as exc:
             raise TransportBroken(str(exc)) from exc
+        self.bytes_out += len(data)
 
     async def read(self) -> bytes:
         try:
-            return bytes(await self.stream.receive_some(READ_SIZE_BYTES))
+            data = bytes(await self.stream.receive_some(READ_SIZE_BYTES))
         except trio.BrokenResourceError as exc:
             raise TransportBroken(str(exc)) from exc
+        self.bytes_in += len(data)
+        return data
 
     async def send_eof(self) -> None:
         if isinstance(self.stream, trio.abc.HalfCloseableStream):

@@ -43,7 +43,15 @@ from websockets.protocol import CLIENT, CLOSED, OPEN, Protocol
 from antiphon.engine.transport import Transport, TransportBroken
 from antiphon.proto.close import CloseCode
 
-__all__ = ["FRAGMENT_OVERHEAD_BYTES", "Pong", "WebSocketWire", "Wire", "WireClosed"]
+__all__ = [
+    "FRAGMENT_OVERHEAD_BYTES",
+    "PROTOCOL_LOGGER",
+    "Incoming",
+    "Pong",
+    "WebSocketWire",
+    "Wire",
+    "WireClosed",
+]
 
 FRAGMENT_OVERHEAD_BYTES: Final = 64
 """What each fragment of a message counts against ``max_message_size`` beyond its payload."""
@@ -55,8 +63,21 @@ _PONG: Final = Opcode.PONG
 _CLOSE: Final = Opcode.CLOSE
 _UTF8Decoder = codecs.getincrementaldecoder("utf-8")
 
-#: websockets logs "connection open/closed" at INFO for every connection; antiphon logs its own.
-_QUIET = logging.getLogger("antiphon.wire")
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Passes on warnings and errors only.
+
+    websockets logs every handshake line at DEBUG (headers and query string, where a
+    secret may travel) and "connection open" / "connection rejected" at INFO for every
+    connection; antiphon logs its own connection lines, without secrets.
+    """
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+PROTOCOL_LOGGER: Final = _QuietLogger(logging.getLogger("antiphon.wire"), {})
+"""The logger every websockets ``Protocol`` the engine makes gets (with ``debug`` off)."""
 
 
 class Pong:
@@ -92,6 +113,16 @@ class Wire:
     def __init__(self) -> None:
         self.buffered = 0
         """Outgoing bytes not yet handed to the network."""
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from the network so far, the opening handshake included (for metrics)."""
+        return 0
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes handed to the network so far, the opening handshake included (for metrics)."""
+        return 0
 
     def send_message(self, data: str | bytes, *, flush: bool = True) -> None:
         """Frame ``data``; with ``flush``, write it now if the transport takes it (see :meth:`flush`)."""
@@ -148,7 +179,7 @@ class WebSocketWire(Wire):
         """``initial``: frames that arrived with the opening handshake (a client that did not wait)."""
         super().__init__()
         self._initial = initial or None
-        protocol.logger = _QUIET
+        protocol.logger = PROTOCOL_LOGGER
         protocol.debug = False
         self.protocol = protocol
         self.transport = transport
@@ -169,9 +200,21 @@ class WebSocketWire(Wire):
         # Whatever the protocol wrote while the handshake's last read was parsed - the
         # frames a server sent with its 101: a pong, or the close frame failing them -
         # is buffered now, so the session writes it at once instead of after the next read.
-        if protocol.close_sent is not None and protocol.close_rcvd is not None and isinstance(protocol.parser_exc, ProtocolError):
+        if (
+            protocol.close_sent is not None
+            and protocol.close_rcvd is not None
+            and isinstance(protocol.parser_exc, ProtocolError)
+        ):
             self._echo_interrupting_close()
         self._take_protocol_writes()
+
+    @property
+    def bytes_in(self) -> int:
+        return self.transport.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.transport.bytes_out
 
     # ------------------------------------------------------------------ sending
 
@@ -326,7 +369,7 @@ class WebSocketWire(Wire):
         for frame in frames:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
-                message = self._assemble(opcode, frame.data, frame.fin)
+                message = self._assemble(opcode, frame.data, frame.fin)  # type: ignore[arg-type]  # the parser yields bytes
                 if message is not None:
                     out.append(message)
                 elif self._closed is not None:

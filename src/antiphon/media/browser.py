@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from antiphon import __version__
+from antiphon._version import __version__
 from antiphon.media.server import WebsocketServerParams
 from antiphon.proto.media.frames import (
     AnyFrame,
@@ -88,7 +88,7 @@ _RTVI_VERSION: Final = "2.1.0"
 
 
 def browser_client_params(**overrides: Any) -> WebsocketServerParams:
-    """Server settings for Pipecat's browser client: 24 kHz mono out, no WAV header, 32 ms chunks, ``lead`` pacing 96 ms ahead.
+    """Pipecat browser client settings: 24 kHz mono out, no WAV header, 32 ms chunks, ``lead`` pacing 96 ms ahead.
 
     ``serializer`` is a :class:`BrowserClientSerializer` per client. Any
     :class:`WebsocketServerParams` field can be overridden (``session_timeout=180``...);

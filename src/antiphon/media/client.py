@@ -59,6 +59,7 @@ Pipecat's method names inside: :meth:`connect`, :meth:`disconnect`, :meth:`send`
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -158,6 +159,8 @@ class WebsocketClientParams:
     max_message_size: int = 1 * MIB
     session_config: SessionConfig | None = None
     open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = field(default=None, eq=False)
+    ssl_context: ssl.SSLContext | None = field(default=None, eq=False)
+    """The TLS context for a ``wss://`` URI (None: the system's CAs, ``ssl.create_default_context()``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.reconnect_max_attempts < 1:
@@ -238,7 +241,9 @@ class WebsocketClientTransport:
     async def connect(self) -> None:
         """Dial the server (no-op when connected or reconnecting); see the module docstring."""
         if self._inner is None or self._stop.is_set():
-            raise LocalProtocolError("the transport is not running: use `async with transport:` or nursery.start(transport.run)")
+            raise LocalProtocolError(
+                "the transport is not running: use `async with transport:` or nursery.start(transport.run)"
+            )
         if self._ended:
             raise LocalProtocolError("this transport's connection has ended; create a new transport")
         if self._connecting:
@@ -427,6 +432,7 @@ class WebsocketClientTransport:
             timeout_s=p.open_timeout_s,
             max_message_size=p.max_message_size,
             open_stream=p.open_stream,
+            ssl_context=p.ssl_context,
         ) as (_, ws):
             yield ws, _resource(self.uri)
 

@@ -73,6 +73,7 @@ from antiphon.proto.media.serializers import FrameSerializer, ProtobufFrameSeria
 
 __all__ = [
     "INPUT_BUFFER_BYTES",
+    "EventDispatcher",
     "EventHandler",
     "InputChannel",
     "InputConfig",
@@ -82,6 +83,7 @@ __all__ = [
     "MediaSessionHandler",
     "MediaStats",
     "SerializerSpec",
+    "serializer_factory",
 ]
 
 log = logging.getLogger("antiphon.media")
@@ -134,7 +136,7 @@ class MediaStats:
     dropped_in: int = 0
     """Decoded frames lost because the input channel was full or closed."""
     dropped_out: Counter[str] = field(factory=Counter)
-    """Outgoing frames not sent, by reason (``no_client``, ``audio_buffer_full``, ``not_ready``, ``unserializable``, ...)."""
+    """Outgoing frames not sent, by reason (``no_client``, ``audio_buffer_full``, ``not_ready``, ...)."""
     interrupted_audio_bytes: int = 0
     """Queued PCM thrown away by interruptions."""
     interruptions: int = 0
@@ -261,7 +263,10 @@ class EventDispatcher:
         return register
 
     def fire(self, name: str, *args: Any) -> None:
-        """Queue the event (``args`` start with the transport); never blocks. Events fired after :meth:`close` are logged and dropped."""
+        """Queue the event (``args`` start with the transport); never blocks.
+
+        Events fired after :meth:`close` are logged and dropped.
+        """
         try:
             self._send.send_nowait((name, args))
         except trio.ClosedResourceError:

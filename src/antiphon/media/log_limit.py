@@ -81,7 +81,12 @@ class LogLimiter:
         total = sum(self._suppressed.values())
         reasons = ", ".join(f"{reason}: {n}" for reason, n in self._suppressed.most_common())
         self._logger.log(
-            self._level, "%s: %d more in the last %g s, not logged one by one (%s)", self._what, total, self._interval_s, reasons
+            self._level,
+            "%s: %d more in the last %g s, not logged one by one (%s)",
+            self._what,
+            total,
+            self._interval_s,
+            reasons,
         )
         self._suppressed.clear()
         self._level = logging.WARNING

@@ -280,7 +280,9 @@ class MediaOutput:
     def _has_tail(self) -> bool:
         """Audio short of a chunk: the pacer's remainder or what the resampler holds."""
         pacer = self._pacer
-        return pacer is not None and (pacer.pending_bytes > 0 or (self._converter is not None and self._converter.pending))
+        return pacer is not None and (
+            pacer.pending_bytes > 0 or (self._converter is not None and self._converter.pending)
+        )
 
     def _drained(self) -> bool:
         return self._pacer is None or (self._pacer.queued_chunks == 0 and not self._has_tail())

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -117,7 +118,17 @@ from antiphon.proto.media.pacing import (
 from antiphon.proto.media.resample import DEFAULT_QUALITY, AudioFormat, Quality
 from antiphon.proto.media.serializers import FrameSerializer
 
-__all__ = ["SERVER_EVENTS", "WebsocketServerParams", "WebsocketServerTransport"]
+__all__ = [
+    "INPUT_BUFFER_FRAMES",
+    "MIB",
+    "OUTPUT_BUFFER_FRAMES",
+    "SERVER_EVENTS",
+    "WebsocketServerParams",
+    "WebsocketServerTransport",
+    "output_config",
+    "route_frame",
+    "validate_media_params",
+]
 
 log = logging.getLogger("antiphon.media.server")
 
@@ -184,6 +195,10 @@ class WebsocketServerParams:
     max_message_size: int = 1 * MIB
     shutdown_grace_s: float = 10.0
     session_config: SessionConfig | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, eq=False)
+    """Serve ``wss://`` with this server-side context (e.g. :func:`antiphon.engine.tls.server_context`)."""
+    metrics: bool = True
+    """Answer ``GET /metrics`` on the same port (``GET /healthz`` is always answered)."""
 
     def __attrs_post_init__(self) -> None:
         validate_media_params(self)
@@ -263,8 +278,11 @@ class WebsocketServerTransport:
                 port=port,
                 max_message_size=self.params.max_message_size,
                 shutdown_grace_s=self.params.shutdown_grace_s,
+                ssl=self.params.ssl_context,
+                metrics=self.params.metrics,
             ),
             self.params.session_config,
+            face="media",
         )
         self._client: MediaSessionHandler | None = None
         self._warned_no_client = False
@@ -310,7 +328,9 @@ class WebsocketServerTransport:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self, *, listen: bool = True, task_status: trio.TaskStatus[WebsocketServerTransport] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, listen: bool = True, task_status: trio.TaskStatus[WebsocketServerTransport] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen and serve until :meth:`shutdown` or cancellation.
 
         ``listen=False`` binds no socket: connections come only through
@@ -358,7 +378,9 @@ class WebsocketServerTransport:
     def _route(self, request: HandshakeRequest, *, full: bool) -> Accept | Reject:
         allowed = self.params.allowed_origins
         if allowed and request.header("origin") not in allowed:
-            log.warning("refusing an upgrade from %s: origin %r is not allowed", request.remote, request.header("origin"))
+            log.warning(
+                "refusing an upgrade from %s: origin %r is not allowed", request.remote, request.header("origin")
+            )
             return Reject(403, b"origin not allowed\n")
         handler = MediaSessionHandler(
             serializer=self._new_serializer(),
@@ -391,7 +413,9 @@ class WebsocketServerTransport:
             if not self.params.replace_existing_client:
                 handler.rejected = True
                 self.stats.add("rejected_clients")
-                log.warning("closing newcomer %s with 1013: client %s is connected", conn.remote, current.connection.id[:8])
+                log.warning(
+                    "closing newcomer %s with 1013: client %s is connected", conn.remote, current.connection.id[:8]
+                )
                 conn.session.close(CloseCode.TRY_AGAIN_LATER, "Server already has a connected client")
                 return
             log.info("client %s replaces client %s", conn.remote, current.connection.id[:8])
@@ -442,6 +466,10 @@ def route_frame(handler: MediaSessionHandler, frame: AnyFrame) -> None:
         handler.output.put(frame)
     except Exception:
         conn = handler.connection
-        log.exception("connection %s: failed to route an outgoing %s frame; closing it", conn.id[:8], getattr(frame, "kind", frame))
+        log.exception(
+            "connection %s: failed to route an outgoing %s frame; closing it",
+            conn.id[:8],
+            getattr(frame, "kind", frame),
+        )
         conn.stats.count("dropped_out", "internal_error")
         conn.session.close(CloseCode.INTERNAL_ERROR, "internal error")

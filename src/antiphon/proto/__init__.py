@@ -4,3 +4,5 @@ Nothing in this package does I/O or imports Trio: it turns bytes and JSON into t
 events and back, and decides what a session should do next. The Trio layer beside it
 only moves bytes and keeps time.
 """
+
+__all__: list[str] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Union
+from typing import Any, Final, TypeVar, Union
 
 import attrs
 import cattrs
@@ -23,17 +23,19 @@ from antiphon.errors import DecodeError
 __all__ = [
     "ECHO_MAX_CHARS",
     "JSONValue",
-    "quote",
     "decode_error",
     "dumps",
     "expect_object",
     "loads",
     "make_converter",
+    "quote",
     "structure",
 ]
 
 JSONValue = Any
 """A value that came out of, or can go into, a JSON document."""
+
+T = TypeVar("T")
 
 _TYPE_NAMES: Final[dict[type, str]] = {
     str: "a string",
@@ -115,7 +117,7 @@ _PRIMITIVES: Final = (str, int, float, bool, type(None))
 
 
 def _is_primitive_union(tp: Any) -> bool:
-    args = getattr(tp, "__args__", None)
+    args = getattr(tp, "__args__", None) or ()
     return (
         isinstance(tp, types.UnionType) or getattr(tp, "__origin__", None) is Union
     ) and bool(args) and all(a in _PRIMITIVES for a in args)
@@ -174,7 +176,7 @@ def decode_error(exc: BaseException, root: str = "$") -> DecodeError:
     return DecodeError(messages or [f"{root}: invalid"])
 
 
-def structure(converter: cattrs.Converter, value: JSONValue, tp: type[Any], root: str = "$") -> Any:
+def structure(converter: cattrs.Converter, value: JSONValue, tp: type[T], root: str = "$") -> T:
     """Structure ``value`` into ``tp`` with ``converter``; failures become :class:`DecodeError`."""
     try:
         return converter.structure(value, tp)

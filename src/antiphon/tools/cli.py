@@ -33,13 +33,22 @@ import attrs
 import trio
 
 from antiphon.engine.server import ServerConfig
+from antiphon.engine.tls import server_context
 from antiphon.errors import AntiphonError, ConfigError
 from antiphon.proto.utcp.templates import ApiKeyAuth, BasicAuth, WebSocketCallTemplate
 from antiphon.tools.app import MANUAL_PATHS, SECRET_VARIABLE, ToolApp
 from antiphon.tools.client import ToolClient, open_tool_client
 from antiphon.tools.server import ToolServer
 
-__all__ = ["add_commands", "auth_from_args", "build_app", "call_template", "manual_template", "parse_args"]
+__all__ = [
+    "SECRET_ENV",
+    "add_commands",
+    "auth_from_args",
+    "build_app",
+    "call_template",
+    "manual_template",
+    "parse_args",
+]
 
 log = logging.getLogger("antiphon.tools")
 
@@ -61,6 +70,9 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--subprotocol", action="append", default=[], help="a subprotocol to accept (repeatable)")
     serve.add_argument("--expose-errors", action="store_true", help="send a failing tool's exception text to clients")
     serve.add_argument("--call-timeout", type=float, metavar="S", help="seconds one call may take (default: 60)")
+    serve.add_argument("--certfile", metavar="PEM", help="serve wss:// with this certificate chain (PEM)")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)")
+    serve.add_argument("--no-metrics", action="store_true", help="do not answer GET /metrics (GET /healthz stays)")
     serve.set_defaults(run=_serve)
 
     call = sub.add_parser("call", help="call a tool on an antiphon tool server and print the result")
@@ -70,9 +82,13 @@ def add_commands(subparsers: Any) -> None:
     _auth_flags(call, "send")
     call.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a handshake header")
     call.add_argument("--protocol", help="the subprotocol to offer")
-    call.add_argument("--timeout", type=float, default=30, metavar="S", help="seconds to wait for the reply (default: 30)")
     call.add_argument(
-        "--stream", action="store_true", help="read frames UTCP-style until stream_end or a close (servers without envelopes)"
+        "--timeout", type=float, default=30, metavar="S", help="seconds to wait for the reply (default: 30)"
+    )
+    call.add_argument(
+        "--stream",
+        action="store_true",
+        help="read frames UTCP-style until stream_end or a close (servers without envelopes)",
     )
     call.set_defaults(run=_call)
 
@@ -139,7 +155,13 @@ def _serve(args: argparse.Namespace) -> int:
         expose_errors=args.expose_errors or None,
         call_timeout_s=args.call_timeout,
     )
-    trio.run(_run_server, app, ServerConfig(host=args.host, port=args.port))
+    if args.keyfile is not None and args.certfile is None:
+        raise ConfigError("--keyfile: give certfile too")
+    try:
+        tls = server_context(args.certfile, args.keyfile) if args.certfile is not None else None
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}") from None  # "certfile: ..." is the flag's problem here
+    trio.run(_run_server, app, ServerConfig(host=args.host, port=args.port, ssl=tls, metrics=not args.no_metrics))
     return 0
 
 
@@ -149,7 +171,10 @@ async def _run_server(app: ToolApp, config: ServerConfig) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             names = ", ".join(sorted(app.tools)) or "(none)"
-            print(f"antiphon: tool server listening on {server.url} (manual at {MANUAL_PATHS[1]}; tools: {names})", flush=True)
+            print(
+                f"antiphon: tool server listening on {server.url} (manual at {MANUAL_PATHS[1]}; tools: {names})",
+                flush=True,
+            )
             async for signum in signals:
                 logging.getLogger("antiphon").info("%s: shutting down", signal.Signals(signum).name)
                 break

@@ -57,10 +57,12 @@ Every call therefore leaves its connection with nothing unread, in any order of 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
@@ -108,7 +110,9 @@ from antiphon.tools.pool import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
     "ToolClient",
+    "ToolRef",
     "call_tool",
     "call_tool_streaming",
     "open_tool_client",
@@ -157,8 +161,17 @@ class ToolClient:
         session_config: SessionConfig | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
         tokens: TokenCache | None = None,
-        opener: Opener = open_handshake,
+        opener: Opener | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if opener is None:
+            opener = (
+                functools.partial(open_handshake, ssl_context=ssl_context)
+                if ssl_context is not None
+                else open_handshake
+            )
+        elif ssl_context is not None:
+            raise LocalProtocolError("give either opener or ssl_context: an opener makes its own TLS connections")
         self._nursery = nursery
         self._opener = opener
         self._variables = dict(variables or {})
@@ -225,7 +238,9 @@ class ToolClient:
                 yield results
 
     @asynccontextmanager
-    async def call_streaming(self, tool: ToolRef, args: Mapping[str, Any] | None = None) -> AsyncIterator[AsyncIterator[Any]]:
+    async def call_streaming(
+        self, tool: ToolRef, args: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
         """Call a streaming tool; yields an iterator over its results.
 
         ``tool_response`` frames yield their ``result``; ``tool_error`` raises
@@ -379,14 +394,18 @@ class ToolClient:
                 frame = await conn.receive(template.timeout, what, replied=got_frame)
             if frame is None:
                 session = conn.session
-                code = session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
+                code = (
+                    session.close_code if session is not None and session.close_code is not None else CloseCode.ABNORMAL
+                )
                 conn.end()
                 if code in _NORMAL_CLOSES:
                     return
                 raise closed_error(session, what, limit=conn.max_message_size, replied=True)
             got_frame = True
             if max_bytes is not None:
-                total += len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+                total += (
+                    len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+                )
                 if total > max_bytes:
                     conn.discard("streamed reply too big", CloseCode.MESSAGE_TOO_BIG)
                     raise ReplyTooLarge(
@@ -417,14 +436,16 @@ async def open_tool_client(
     environ: Mapping[str, str] | None = None,
     session_config: SessionConfig | None = None,
     max_message_size: int = MAX_MESSAGE_SIZE,
-    opener: Opener = open_handshake,
+    opener: Opener | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[ToolClient]:
     """Yield a :class:`ToolClient`; every connection it opened is closed (1000) on exit.
 
     ``variables`` fill ``${VAR}``/``$VAR`` in templates before the environment (``environ``,
     default ``os.environ``) does. ``session_config`` sets the pooled connections'
-    heartbeat (default 20 s ping, 20 s pong timeout). ``opener`` replaces how a socket is
-    opened (tests: over memory streams). A lone exception escapes unwrapped.
+    heartbeat (default 20 s ping, 20 s pong timeout). ``ssl_context`` verifies ``wss://``
+    servers (None: the system's CAs and ``SSL_CERT_FILE``). ``opener`` replaces how a
+    socket is opened (tests: over memory streams). A lone exception escapes unwrapped.
     """
     async with open_nursery_unwrapped() as nursery:
         client = ToolClient(
@@ -434,6 +455,7 @@ async def open_tool_client(
             session_config=session_config,
             max_message_size=max_message_size,
             opener=opener,
+            ssl_context=ssl_context,
         )
         try:
             yield client
@@ -447,9 +469,10 @@ async def call_tool(
     args: Mapping[str, Any] | None = None,
     *,
     variables: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Any:
     """Call one tool on a connection of its own (see :meth:`ToolClient.call`)."""
-    async with open_tool_client(variables=variables) as tools:
+    async with open_tool_client(variables=variables, ssl_context=ssl_context) as tools:
         return await tools.call(template, args)
 
 
@@ -459,16 +482,20 @@ async def call_tool_streaming(
     args: Mapping[str, Any] | None = None,
     *,
     variables: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[AsyncIterator[Any]]:
     """Stream one tool's results on a connection of its own (see :meth:`ToolClient.call_streaming`)."""
-    async with open_tool_client(variables=variables) as tools:
+    async with open_tool_client(variables=variables, ssl_context=ssl_context) as tools:
         async with tools.call_streaming(template, args) as results:
             yield results
 
 
 async def register_manual(
-    manual_template: WebSocketCallTemplate, *, variables: Mapping[str, str] | None = None
+    manual_template: WebSocketCallTemplate,
+    *,
+    variables: Mapping[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> UtcpManual:
     """Discover a manual on a connection of its own (see :meth:`ToolClient.register_manual`)."""
-    async with open_tool_client(variables=variables) as tools:
+    async with open_tool_client(variables=variables, ssl_context=ssl_context) as tools:
         return await tools.register_manual(manual_template)

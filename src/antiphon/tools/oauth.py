@@ -140,7 +140,9 @@ async def _post(
                 elif isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > MAX_TOKEN_RESPONSE_BYTES:
-                        raise HandshakeError(f"OAuth2 token endpoint {shown}: answer larger than {MAX_TOKEN_RESPONSE_BYTES} bytes")
+                        raise HandshakeError(
+                            f"OAuth2 token endpoint {shown}: answer larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+                        )
                     chunks.append(bytes(event.data))
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     return status, b"".join(chunks)

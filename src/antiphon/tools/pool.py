@@ -33,6 +33,7 @@ Every pooled connection is a client :class:`~antiphon.engine.Session` (heartbeat
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -62,6 +63,7 @@ __all__ = [
     "ToolPool",
     "closed_error",
     "open_handshake",
+    "run_connection",
 ]
 
 log = logging.getLogger("antiphon.tools")
@@ -85,15 +87,24 @@ autojump clock.
 
 
 def open_handshake(
-    handshake: Handshake, connect_timeout_s: float, max_message_size: int
+    handshake: Handshake,
+    connect_timeout_s: float,
+    max_message_size: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AbstractAsyncContextManager[tuple[trio.Nursery, WebSocketWire]]:
-    """The default :data:`Opener`: :func:`~antiphon.engine.connect.open_client_websocket` (no redirects)."""
+    """The default :data:`Opener`: :func:`~antiphon.engine.connect.open_client_websocket` (no redirects).
+
+    ``ssl_context`` is used for ``wss://`` (None: the system's CAs); bind it with
+    ``functools.partial`` to make an :data:`Opener`.
+    """
     return open_client_websocket(
         handshake.url,
         headers=handshake.headers,
         subprotocols=handshake.subprotocols,
         timeout_s=connect_timeout_s,
         max_message_size=max_message_size,
+        ssl_context=ssl_context,
     )
 
 
@@ -118,7 +129,10 @@ def closed_error(session: Session | None, what: str, *, limit: int | None, repli
             limit=limit,
         )
     if code == CloseCode.MESSAGE_TOO_BIG:
-        text = f"{what}: the server closed the connection with 1009 (message too big): the call's message exceeded its limit"
+        text = (
+            f"{what}: the server closed the connection with 1009 (message too big):"
+            " the call's message exceeded its limit"
+        )
     elif replied:
         text = f"{what}: the connection closed with code {code}" + (f" ({reason})" if reason else "")
     else:

@@ -36,7 +36,15 @@ from attrs import frozen
 
 from antiphon.errors import ConfigError
 
-__all__ = ["ArgumentError", "ToolSpec", "bind_arguments", "schema_for", "tool_spec"]
+__all__ = [
+    "TOOL_NAME",
+    "ArgumentError",
+    "ToolKind",
+    "ToolSpec",
+    "bind_arguments",
+    "schema_for",
+    "tool_spec",
+]
 
 TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 """A tool name is one URL path segment that needs no escaping (``/tools/<name>``)."""
@@ -268,7 +276,9 @@ def bind_arguments(spec: ToolSpec, args: Any) -> dict[str, Any]:
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in args
     ]
     if missing:
-        raise ArgumentError(f"missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(map(repr, missing))}")
+        raise ArgumentError(
+            f"missing required argument{'s' if len(missing) > 1 else ''}: {', '.join(map(repr, missing))}"
+        )
     for key, value in args.items():
         if key in params:
             _check(value, spec.hints.get(key, Any), f"argument {key!r}")

@@ -19,11 +19,12 @@ Where the manual points. Its templates need a URL the client will dial, and UTCP
 (antiphon's too) dial ``ws://`` only to loopback. In order: ``public_url`` when set; else
 the request's ``Host`` header (``ws://`` + Host, when it is well formed and loopback, or
 ``wss://`` + Host when this server itself speaks TLS); else the listener's address, when
-the client is on this machine (its address is loopback, or unknown). A wildcard address (``0.0.0.0``, ``::``) is never advertised: it becomes ``127.0.0.1`` /
-``::1``. A plain ``ws://`` client reaching the server from another machine gets a
-``tool_error`` saying that ``public_url`` must be set (a ``ws://`` URL to a remote host is
-one no UTCP client accepts), and a server bound beyond loopback without ``public_url``
-logs a warning at start.
+the client is on this machine (its address is loopback, or unknown). A wildcard address
+(``0.0.0.0``, ``::``) is never advertised: it becomes ``127.0.0.1`` / ``::1``. A plain
+``ws://`` client reaching the server from another machine gets a ``tool_error`` saying that
+``public_url`` must be set (a ``ws://`` URL to a remote host is one no UTCP client
+accepts), and a server bound beyond loopback without ``public_url`` logs a warning at
+start.
 
 Each connection is a :class:`~antiphon.engine.Session`. Frames are queued (``on_message``
 must return at once) and a per-connection worker runs the calls **one at a time, in
@@ -79,7 +80,14 @@ from antiphon.proto.utcp.urls import check_ws_url, is_loopback_host
 from antiphon.tools.app import MANUAL_PATHS, TOOLS_PATH, ToolApp
 from antiphon.tools.schema import ArgumentError, ToolSpec, bind_arguments
 
-__all__ = ["MANUAL_PATHS", "TOOLS_PATH", "ToolServer", "serve_tools"]
+__all__ = [
+    "MANUAL_PATHS",
+    "MAX_ERROR_CHARS",
+    "STREAM_END",
+    "TOOLS_PATH",
+    "ToolServer",
+    "serve_tools",
+]
 
 log = logging.getLogger("antiphon.tools.server")
 
@@ -173,7 +181,9 @@ class _ToolSession(SessionHandler):
     async def _send(self, session: Session, text: str) -> None:
         # json.dumps escapes to ASCII, so characters are bytes here.
         if len(text) > self.app.max_reply_bytes:
-            log.warning("session %s: a %d-byte reply is over max_reply_bytes, sent as tool_error", session.id, len(text))
+            log.warning(
+                "session %s: a %d-byte reply is over max_reply_bytes, sent as tool_error", session.id, len(text)
+            )
             text = _tool_error(
                 f"the reply is {len(text)} bytes, over this server's max_reply_bytes ({self.app.max_reply_bytes})"
             )
@@ -320,7 +330,7 @@ class ToolServer(SessionServer):
 
     def __init__(self, app: ToolApp, config: ServerConfig | None = None, session_config: SessionConfig | None = None):
         self.app = app
-        super().__init__(self._route, config, session_config)
+        super().__init__(self._route, config, session_config, face="tools")
         self._threads = trio.CapacityLimiter(app.max_threads)
         self._slots: dict[str, _ThreadSlots] = {}
         where = self.config.host or "every interface"
@@ -376,8 +386,7 @@ class ToolServer(SessionServer):
             return None
 
     def _route(self, request: HandshakeRequest, *, full: bool) -> Accept | Reject:
-        if not self.app.authorized(request):
-            log.info("handshake from %s: missing or wrong credentials", request.remote)
+        if not self.app.authorized(request):  # the engine logs the refusal (never the credentials)
             challenge = ((b"WWW-Authenticate", b'Basic realm="antiphon-tools"'),)
             headers = challenge if isinstance(self.app.auth, BasicAuth) else ()
             return Reject(401, b"missing or wrong credentials\n", headers)

@@ -170,7 +170,9 @@ class RunBackend(Protocol):
 
     node: NodeId
 
-    async def write(self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()) -> list[AppendStatus]:
+    async def write(
+        self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()
+    ) -> list[AppendStatus]:
         """Append frames to runs' logs (fenced by the lease and ``after``), and send commands, in one go.
 
         A new run (``after == 0``, nothing stored) gets its lease here. A retried append
@@ -186,8 +188,13 @@ class RunBackend(Protocol):
         """Take the lease of a run whose owner let it lapse; ``(HELD, owner)`` when one holds it."""
         ...
 
-    async def renew(self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float) -> Renewal:
-        """Renew the leases of ``owned`` runs and this node's liveness (for ``node_ttl_s``); check ``watch`` nodes and ``follow`` runs' owners."""
+    async def renew(
+        self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float
+    ) -> Renewal:
+        """Renew ``owned`` runs' leases and this node's liveness (``node_ttl_s``).
+
+        Also checks the ``watch`` nodes and the owners of ``follow`` runs.
+        """
         ...
 
     async def release(self, run_id: str) -> None:

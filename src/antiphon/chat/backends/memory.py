@@ -33,7 +33,11 @@ from antiphon.chat.backends.base import (
 )
 from antiphon.errors import RunBackendError
 
-__all__ = ["MemoryBackend", "MemoryRuns"]
+__all__ = [
+    "WAIT_MAX_FRAMES",
+    "MemoryBackend",
+    "MemoryRuns",
+]
 
 WAIT_MAX_FRAMES: Final = 1000
 """Frames :meth:`MemoryBackend.wait` returns per run per call (as the Redis backend's COUNT)."""
@@ -87,7 +91,7 @@ class MemoryBackend:
         self.shared = runs
         self.node = node
         self.cut = False
-        """True: this node's calls raise RunBackendError (a process cut off, or dead, for tests); see :meth:`set_cut`."""
+        """True: this node's calls raise RunBackendError (a process cut off or dead, for tests); :meth:`set_cut`."""
         runs.inboxes.setdefault(node, [])
 
     def set_cut(self, cut: bool) -> None:
@@ -104,7 +108,9 @@ class MemoryBackend:
         self._check()
         return self.shared
 
-    async def write(self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()) -> list[AppendStatus]:
+    async def write(
+        self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()
+    ) -> list[AppendStatus]:
         shared = await self._enter()
         statuses = [self._append(shared, a) for a in appends]
         self._deliver(shared, commands)
@@ -166,7 +172,9 @@ class MemoryBackend:
         run.owner, run.lease_until = self.node, trio.current_time() + lease_ttl_s
         return TakeOver.TAKEN, None
 
-    async def renew(self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float) -> Renewal:
+    async def renew(
+        self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float
+    ) -> Renewal:
         shared = await self._enter()
         now = trio.current_time()
         lost, missing = set(), set()

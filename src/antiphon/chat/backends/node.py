@@ -55,7 +55,17 @@ from antiphon.proto.close import CloseCode
 if TYPE_CHECKING:
     from antiphon.chat.runs import LiveRun, RunRegistry
 
-__all__ = ["LEASE_TTL_S", "Node"]
+__all__ = [
+    "END_TOMBSTONE_FACTOR",
+    "LEASE_TTL_S",
+    "NODE_TTL_FACTOR",
+    "OUTBOX_BATCH",
+    "RENEWALS_PER_TTL",
+    "RETRY_MAX_S",
+    "RETRY_MIN_S",
+    "TAIL_BLOCK_S",
+    "Node",
+]
 
 log = logging.getLogger("antiphon.runs")
 
@@ -142,7 +152,9 @@ class Node:
         Returns at once while the backend is unreachable: the leases lapse by themselves.
         """
         ids = {r.run_id for r in runs}
-        while self.available and (self._outbox or any(i in self.replicas and self.replicas[i].finishing is not None for i in ids)):
+        while self.available and (
+            self._outbox or any(i in self.replicas and self.replicas[i].finishing is not None for i in ids)
+        ):
             await self._flushed.park()
 
     def mark(self, replica: Replica) -> None:
@@ -440,4 +452,3 @@ class Node:
             log.warning("run %s: taking it over failed (%s); trying again later", run.run_id, exc)
         finally:
             self._taking.discard(run.run_id)
-

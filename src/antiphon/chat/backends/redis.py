@@ -45,7 +45,16 @@ from antiphon.chat.backends.base import (
 from antiphon.chat.store.records import redact_url
 from antiphon.errors import RunBackendError
 
-__all__ = ["RedisBackend", "open_redis_backend"]
+__all__ = [
+    "APPEND_CHUNK_RUNS",
+    "CONNECT_TIMEOUT_S",
+    "INBOX_MAX_ENTRIES",
+    "INBOX_TTL_S",
+    "RENEW_CHUNK_RUNS",
+    "WAIT_MAX_FRAMES",
+    "RedisBackend",
+    "open_redis_backend",
+]
 
 log = logging.getLogger("antiphon.runs")
 
@@ -86,7 +95,8 @@ for r = 0, #KEYS / 4 - 1 do
     elseif ARGV[a + 5] == '1' then
       if stored then status = 'lost' else redis.call('DEL', events) end
     elseif top ~= after then
-      if top == last and last > after then status = 'done' elseif not stored then status = 'missing' else status = 'lost' end
+      if top == last and last > after then status = 'done'
+      elseif not stored then status = 'missing' else status = 'lost' end
     elseif after > 0 and not stored then
       status = 'missing'
     end
@@ -187,7 +197,9 @@ class RedisBackend:
 
     # ------------------------------------------------------------------ the interface
 
-    async def write(self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()) -> list[AppendStatus]:
+    async def write(
+        self, appends: Sequence[Append], commands: Sequence[tuple[NodeId, Command]] = ()
+    ) -> list[AppendStatus]:
         if not appends and not commands:
             return []
         chunks = [appends[i : i + APPEND_CHUNK_RUNS] for i in range(0, len(appends), APPEND_CHUNK_RUNS)]
@@ -217,7 +229,13 @@ class RedisBackend:
         for node, c in commands:
             inbox = self._node_key(node) + ":inbox"
             fields = {"k": str(c.kind), "run": c.run_id, "c": c.conn, "b": c.body}
-            p.xadd(inbox, fields, trim_strategy=coredis.PureToken.MAXLEN, threshold=INBOX_MAX_ENTRIES, trim_operator=coredis.PureToken.APPROXIMATELY)
+            p.xadd(
+                inbox,
+                fields,
+                trim_strategy=coredis.PureToken.MAXLEN,
+                threshold=INBOX_MAX_ENTRIES,
+                trim_operator=coredis.PureToken.APPROXIMATELY,
+            )
             p.pexpire(inbox, _ms(INBOX_TTL_S))
 
     async def load(self, run_id: str) -> StoredRun | None:
@@ -244,7 +262,9 @@ class RedisBackend:
             raise self._error(exc, "taking a run over") from None
         return TakeOver(status), owner or None
 
-    async def renew(self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float) -> Renewal:
+    async def renew(
+        self, owned: Sequence[Lease], watch: Iterable[NodeId], follow: Iterable[str], *, node_ttl_s: float
+    ) -> Renewal:
         watched, followed = list(watch), list(follow)
         chunks = [owned[i : i + RENEW_CHUNK_RUNS] for i in range(0, len(owned), RENEW_CHUNK_RUNS)]
         try:
@@ -312,9 +332,15 @@ class RedisBackend:
                     fv = e.field_values
                     try:
                         kind = CommandKind(str(fv["k"]))
-                        commands.append(Command(kind=kind, run_id=str(fv["run"]), conn=str(fv.get("c", "")), body=str(fv.get("b", ""))))
+                        commands.append(
+                            Command(
+                                kind=kind, run_id=str(fv["run"]), conn=str(fv.get("c", "")), body=str(fv.get("b", ""))
+                            )
+                        )
                     except (KeyError, ValueError):
-                        log.warning("runs %s: ignoring an inbox entry this version does not know: %r", self.name, dict(fv))
+                        log.warning(
+                            "runs %s: ignoring an inbox entry this version does not know: %r", self.name, dict(fv)
+                        )
             elif key in by_key:
                 frames[by_key[key]] = [_frame(e) for e in entries]
         return commands, frames

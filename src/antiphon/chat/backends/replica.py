@@ -39,7 +39,15 @@ if TYPE_CHECKING:
     from antiphon.engine.session import Session
     from antiphon.proto.chat.run import TurnRequest
 
-__all__ = ["APPEND_MAX_BYTES", "TRIM_EVERY_FRAMES", "UNFLUSHED_HIGH_BYTES", "Follow", "RemoteHolder", "Replica"]
+__all__ = [
+    "APPEND_MAX_BYTES",
+    "TRIM_EVERY_FRAMES",
+    "UNFLUSHED_HIGH_BYTES",
+    "Follow",
+    "RemoteHolder",
+    "Replica",
+    "now",
+]
 
 log = logging.getLogger("antiphon.runs")
 
@@ -135,8 +143,10 @@ class Replica:
                 break
         last = frames[-1].seq if frames else start
         snapshot = None
-        due = self.replace or self.snapshot_seq < 0 or self.since_snapshot_bytes + size >= max(
-            self.run.settings.replay_max_bytes, self.snapshot_bytes
+        due = (
+            self.replace
+            or self.snapshot_seq < 0
+            or self.since_snapshot_bytes + size >= max(self.run.settings.replay_max_bytes, self.snapshot_bytes)
         )
         if due and last == state.seq:  # a snapshot is of the run now: only with every frame up to now
             snapshot = encode_snapshot(state.snapshot(path=self.run.path, accepted=self._recent_ids()))
@@ -146,7 +156,9 @@ class Replica:
         keep_from = min(state.log_first_seq, snap_seq + 1) if snap_seq >= 0 else None
         if keep_from is not None and keep_from < self.trimmed_from + TRIM_EVERY_FRAMES and snapshot is None:
             keep_from = None
-        return Append(lease=self.lease(), frames=frames, after=start, snapshot=snapshot, keep_from=keep_from, replace=self.replace)
+        return Append(
+            lease=self.lease(), frames=frames, after=start, snapshot=snapshot, keep_from=keep_from, replace=self.replace
+        )
 
     def _recent_ids(self) -> list[MessageId]:
         horizon = now() - MESSAGE_ID_WINDOW_S

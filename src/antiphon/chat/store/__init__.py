@@ -56,6 +56,7 @@ __all__ = [
     "POSTGRES_SCHEMES",
     "STORE_ENV",
     "AnyStore",
+    "ConfigError",
     "MemoryStore",
     "MessageRecord",
     "PostgresUrl",

@@ -35,7 +35,17 @@ from antiphon.chat.store.records import (
 )
 from antiphon.errors import ConfigError, StoreError
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "read_run", "read_runs"]
+__all__ = [
+    "CLEANUP_CHUNK_RUNS",
+    "CONNECT_TIMEOUT_S",
+    "POOL_SIZE",
+    "POOL_TIMEOUT_S",
+    "SCHEMA_VERSION",
+    "TCP_USER_TIMEOUT_MS",
+    "PostgresStore",
+    "read_run",
+    "read_runs",
+]
 
 T = TypeVar("T")
 

@@ -37,6 +37,7 @@ __all__ = [
     "default_store_path",
     "encode_context",
     "now",
+    "redact_url",
 ]
 
 STORE_ENV: Final = "ANTIPHON_STORE"

@@ -32,7 +32,14 @@ from antiphon.chat.store.records import (
 )
 from antiphon.errors import ConfigError, StoreError
 
-__all__ = ["SqliteStore", "read_run", "read_runs"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "DIR_MODE",
+    "FILE_MODE",
+    "SqliteStore",
+    "read_run",
+    "read_runs",
+]
 
 T = TypeVar("T")
 
@@ -68,7 +75,8 @@ CREATE INDEX IF NOT EXISTS runs_by_update ON runs(updated_at);
 """
 
 _SAVE_RUN: Final = (
-    "INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET updated_at = max(updated_at, excluded.updated_at)"
+    "INSERT INTO runs VALUES (?, ?, ?, ?)"
+    " ON CONFLICT(run_id) DO UPDATE SET updated_at = max(updated_at, excluded.updated_at)"
 )
 _SAVE_MESSAGE: Final = (
     "INSERT OR REPLACE INTO turns (run_id, message_number, message_id, message, context, received_at)"

@@ -35,7 +35,7 @@ levels deep; a deeper one is refused here (``invalid_message``), so nothing down
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
@@ -61,6 +61,7 @@ __all__ = [
     "Connected",
     "ErrorCode",
     "ErrorEvent",
+    "MessageId",
     "Ping",
     "Pong",
     "Response",
@@ -282,7 +283,9 @@ class Resumed:
     complete: bool
 
 
-ServerEvent: TypeAlias = Connected | Ack | StreamStart | StreamChunk | StreamEnd | Response | ErrorEvent | Pong | Resumed
+ServerEvent: TypeAlias = (
+    Connected | Ack | StreamStart | StreamChunk | StreamEnd | Response | ErrorEvent | Pong | Resumed
+)
 
 _EVENT_TYPES: Final[dict[str, type]] = {
     cls.type: cls for cls in (Connected, Ack, StreamStart, StreamChunk, StreamEnd, Response, ErrorEvent, Pong, Resumed)
@@ -294,8 +297,8 @@ _converter = make_converter()
 
 
 def _register_event(cls: type) -> None:
-    overrides = {a.name: override(omit_if_default=True) for a in attrs.fields(cls) if a.default is None}
-    body = make_dict_unstructure_fn(cls, _converter, **overrides)
+    overrides: dict[str, Any] = {a.name: override(omit_if_default=True) for a in attrs.fields(cls) if a.default is None}
+    body: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, _converter, **overrides)
     tag = cls.type  # type: ignore[attr-defined]
 
     def unstructure(event: Any) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from antiphon.proto.chat.snapshot import PendingTurn, RunSnapshot, decode_reques
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "LOG_ENTRY_OVERHEAD_BYTES",
     "ChatRun",
     "Forward",
     "HistoryEntry",
@@ -75,6 +76,7 @@ __all__ = [
     "Refused",
     "ReplyTooLong",
     "TurnRequest",
+    "escaped_size",
     "estimate_tokens",
 ]
 
@@ -279,7 +281,9 @@ class ChatRun:
             return Ack(id=msg.id, message_number=self._accepted[msg.id])
         agent = msg.agent if msg.agent is not None else self.agents[0]
         if agent not in self.agents:
-            return Refused(ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {quote(agent)}", id=msg.id))
+            return Refused(
+                ErrorEvent(code=ErrorCode.UNKNOWN_AGENT, message=f"no agent named {quote(agent)}", id=msg.id)
+            )
         limit = self.settings.max_messages
         if self.message_count >= limit:
             text = f"the session reached its limit of {limit} messages"
@@ -356,7 +360,9 @@ class ChatRun:
         if status is TurnStatus.FAILED:
             out.append(ErrorEvent(code=code, message=error or "the agent failed", id=request.id))
         if self.streaming:
-            out.append(StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage, status=status))
+            out.append(
+                StreamEnd(id=request.id, agent=request.agent, full_response=text, token_usage=usage, status=status)
+            )
         else:
             out.append(Response(id=request.id, agent=request.agent, response=text, token_usage=usage, status=status))
         return out
@@ -449,7 +455,9 @@ class ChatRun:
         self._accepted = dict(snapshot.accepted)
         self._turns = OrderedDict()
         for p in snapshot.turns:
-            pending = TurnRequest(id=p.id, message_number=p.message_number, message=p.message, context=p.context, agent=p.agent)
+            pending = TurnRequest(
+                id=p.id, message_number=p.message_number, message=p.message, context=p.context, agent=p.agent
+            )
             self._accepted[p.id] = p.message_number
             self._turns[p.id] = _Turn(pending, [p.text] if p.text else [], p.started, escaped_size(p.text))
         self._log.clear()
@@ -503,9 +511,13 @@ class ChatRun:
                 ended = self._turns.pop(event["id"])
                 if event["status"] == TurnStatus.COMPLETED:
                     self._remember(HistoryEntry("user", ended.request.message))
-                    self._remember(HistoryEntry("assistant", event["full_response" if kind == "stream_end" else "response"]))
+                    self._remember(
+                        HistoryEntry("assistant", event["full_response" if kind == "stream_end" else "response"])
+                    )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"run {self.run_id}: frame {seq} does not apply ({type(exc).__name__}: {exc})") from None
+            raise LocalProtocolError(
+                f"run {self.run_id}: frame {seq} does not apply ({type(exc).__name__}: {exc})"
+            ) from None
         self.seq = seq
         self._keep(seq, text)
 

@@ -74,6 +74,8 @@ from antiphon.proto.close import CloseCode
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "SECRET_HEADER",
+    "SECRET_QUERY_KEYS",
     "Accept",
     "Action",
     "CancelTurn",
@@ -91,6 +93,7 @@ __all__ = [
     "check_handshake_secret",
     "estimate_tokens",
 ]
+
 
 class SessionState(enum.Enum):
     AUTHENTICATING = "authenticating"
@@ -241,7 +244,9 @@ class ChatSession:
         """``resume`` found ``run``: switch to it; returns the frames to replay (seq, text), then the actions."""
         self.run = run
         frames, complete = run.replay_after(last_seq)
-        resumed = Resumed(connector_run_id=run.run_id, last_seq=run.visible_seq, replayed=len(frames), complete=complete)
+        resumed = Resumed(
+            connector_run_id=run.run_id, last_seq=run.visible_seq, replayed=len(frames), complete=complete
+        )
         return frames, [Send(resumed)]
 
     def resume_failed(self, run_id: str) -> list[Action]:
@@ -364,4 +369,3 @@ def _offered_secrets(headers: Iterable[tuple[bytes, bytes]], target: str) -> Ite
         for key, given in parse_qsl(query, keep_blank_values=True):
             if key in SECRET_QUERY_KEYS:
                 yield given
-

@@ -25,6 +25,7 @@ from antiphon.proto.chat.messages import MessageId
 __all__ = [
     "SNAPSHOT_VERSION",
     "PendingTurn",
+    "RequestRecord",
     "RunSnapshot",
     "decode_request",
     "decode_snapshot",

@@ -2,3 +2,5 @@
 (:mod:`.schema`, ``frames.proto``) and serializers (:mod:`.serializers`), Twilio Media
 Streams (:mod:`.twilio`), G.711 mu-law (:mod:`.g711`), WAV headers (:mod:`.wav`), streaming
 resampling (:mod:`.resample`) and the audio pacer (:mod:`.pacing`)."""
+
+__all__: list[str] = []

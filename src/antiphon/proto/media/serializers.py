@@ -97,6 +97,7 @@ __all__ = [
     "ProtobufFrameSerializer",
     "Skip",
     "SkipReason",
+    "json_depth_ok",
 ]
 
 

@@ -74,7 +74,13 @@ from antiphon.proto.media.serializers import (
     json_depth_ok,
 )
 
-__all__ = ["DTMF_DIGITS", "TWILIO_AUDIO_FORMAT", "TwilioFrameSerializer"]
+__all__ = [
+    "DTMF_DIGITS",
+    "INBOUND_TRACK",
+    "MULAW",
+    "TWILIO_AUDIO_FORMAT",
+    "TwilioFrameSerializer",
+]
 
 TWILIO_AUDIO_FORMAT: Final = AudioFormat(8000, 1)
 """Twilio's only media format: 8 kHz mono (mu-law on the wire)."""
@@ -227,7 +233,9 @@ class TwilioFrameSerializer(_SerializerBase):
             return None  # the far end of a both_tracks stream: not the caller, nothing to deliver
         stream = self.stream
         if stream is not None and stream.encoding != MULAW:
-            raise _Reject(SkipReason.BAD_AUDIO, f"$.media.payload: the stream's encoding {stream.encoding!r} is not {MULAW}")
+            raise _Reject(
+                SkipReason.BAD_AUDIO, f"$.media.payload: the stream's encoding {stream.encoding!r} is not {MULAW}"
+            )
         try:
             ulaw = base64.b64decode(media.payload, validate=True)
         except (binascii.Error, ValueError):

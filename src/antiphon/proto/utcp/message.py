@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 A UTCP WebSocket call is: open a socket to the template's URL with the handshake that
-:func:`~antiphon.proto.utcp.handshake.handshake_headers` describes (re-exported here), send the one TEXT frame :func:`format_message`
-builds, then read frames and interpret them with :func:`parse_response` (a plain call)
-or :func:`interpret_stream_frame` (a streaming call). Discovery sends
+:func:`~antiphon.proto.utcp.handshake.handshake_headers` describes (re-exported here), send
+the one TEXT frame :func:`format_message` builds, then read frames and interpret them with
+:func:`parse_response` (a plain call) or :func:`interpret_stream_frame` (a streaming call). Discovery sends
 :data:`DISCOVERY_REQUEST` and waits for a frame :func:`parse_discovery_reply` accepts.
 OAuth2 client credentials are fetched by the caller with the request
 :func:`oauth2_token_request` describes (from :mod:`antiphon.proto.utcp.oauth`, re-exported

@@ -79,9 +79,11 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "UTCP_VERSION",
     "ApiKeyAuth",
+    "ApiKeyLocation",
     "Auth",
     "BasicAuth",
     "OAuth2Auth",
+    "ResponseFormat",
     "Tool",
     "UtcpManual",
     "WebSocketCallTemplate",
@@ -345,7 +347,9 @@ def _upgrade_legacy_keys(doc: dict[str, Any]) -> dict[str, Any]:
         legacy = doc.pop("request_data_template")
         if legacy is not None and not isinstance(legacy, (str, dict)):
             raise _field_error(
-                WebSocketCallTemplate, "request_data_template", f"expected a string or an object, got {_describe(legacy)}"
+                WebSocketCallTemplate,
+                "request_data_template",
+                f"expected a string or an object, got {_describe(legacy)}",
             )
         if doc.get("message") is not None:
             warnings.warn(

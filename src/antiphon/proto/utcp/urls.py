@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from antiphon.errors import TemplateError
 
 __all__ = [
+    "WS_URL_RULE",
     "check_token_url",
     "check_ws_url",
     "is_loopback_host",
