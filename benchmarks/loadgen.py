@@ -7,7 +7,10 @@ antiphon: the client is independent of the code under test, and it is cheap per 
 never parsed as JSON), so the server is what runs out of CPU first.
 
 Every session is driven by callbacks, not tasks: a reply's last frame records the
-latency and sends the next message in the same callback. Modes (``spec["mode"]``):
+latency and sends the next message in the same callback. A turn counts as completed
+only when it brought exactly one ``ack`` and then one final event (``response`` or
+``stream_end``); an ``error`` event, a final event without its ack or a second ack is
+counted apart (``error_events``, ``bad_turns``) and never as a round trip. Modes (``spec["mode"]``):
 
 * ``rt`` - ``conns`` sessions in a closed loop (send, wait for the whole reply, send);
 * ``stream`` - the same, each message asking for ``chunks`` streamed chunks;
@@ -42,7 +45,7 @@ HANDSHAKE_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 3.0
 
 # The first letter of "type" sits at offset 9 of every gateway frame: {"type":"x
-ORD_R, ORD_E, ORD_S, ORD_C = ord("r"), ord("e"), ord("s"), ord("c")
+ORD_A, ORD_R, ORD_E, ORD_S, ORD_C = ord("a"), ord("r"), ord("e"), ord("s"), ord("c")
 
 
 def percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -72,6 +75,8 @@ class Run:
         self.completed = 0
         self.chunks = 0
         self.errors = 0
+        self.error_events = 0  # `error` events answering a message
+        self.bad_turns = 0  # final events without exactly one ack before them
         self.reconnects = 0
         self.turns_per_conn: int = spec.get("turns_per_conn", 1000)
         chunks = spec.get("chunks")
@@ -102,6 +107,7 @@ class ChatClient(WSListener):
         self.turn_done: asyncio.Future[float] | None = None
         self.sent_at = 0.0
         self.first_chunk = True
+        self.acks = 0
         self.turns = 0
         self.closing = False
         self.closed = False
@@ -123,11 +129,16 @@ class ChatClient(WSListener):
                 return
             p = frame.get_payload_as_bytes()
             kind = p[9]
-            if kind == ORD_R or kind == ORD_E:
+            if kind == ORD_A:
+                self.acks += 1
+            elif kind == ORD_R:
+                self._final(now())
+            elif kind == ORD_E:
                 if not self.ready.done():  # an error before `connected`: auth failed
                     self.ready.set_exception(ConnectionError(p.decode()))
                     return
-                self._done(now())
+                self.run.error_events += 1
+                self._done(now(), counted=False)
             elif kind == ORD_S:
                 sub = p[16]
                 if sub == ORD_C:
@@ -139,7 +150,7 @@ class ChatClient(WSListener):
                     if self.run.in_window(t):
                         self.run.chunks += 1
                 elif sub == ORD_E:
-                    self._done(now())
+                    self._final(now())
             elif kind == ORD_C and not self.ready.done():
                 self.ready.set_result(now())
         elif mt is WSMsgType.CLOSE:
@@ -163,19 +174,30 @@ class ChatClient(WSListener):
         assert self.transport is not None
         run = self.run
         self.first_chunk = True
+        self.acks = 0
         run.sent += 1
         message = run.msg_head + str(run.sent).encode() + run.msg_tail if run.msg_tail else run.msg_head
         self.sent_at = now()
         self.transport.send(TEXT, message)
 
-    def _done(self, t: float) -> None:
+    def _final(self, t: float) -> None:
+        if self.acks == 1:
+            self._done(t)
+        else:
+            self.run.bad_turns += 1
+            self._done(t, counted=False)
+
+    def _done(self, t: float, counted: bool = True) -> None:
         run = self.run
-        if run.in_window(t):
+        if counted and run.in_window(t):
             run.completed += 1
             run.latencies.append(t - self.sent_at)
         self.turns += 1
         if self.turn_done is not None and not self.turn_done.done():
-            self.turn_done.set_result(t)
+            if counted:
+                self.turn_done.set_result(t)
+            else:
+                self.turn_done.set_exception(ConnectionError("the turn ended without one ack and one final event"))
         if not (self.closed_loop and run.running) or self.closed:
             return
         if self.turns >= run.turns_per_conn:
@@ -307,6 +329,8 @@ def _measured(run: Run, duration_s: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "completed": run.completed,
         "per_s": round(run.completed / duration_s, 1),
+        "error_events": run.error_events,
+        "bad_turns": run.bad_turns,
         **percentiles(run.latencies),
     }
     if run.spec.get("chunks"):

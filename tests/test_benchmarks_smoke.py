@@ -67,11 +67,13 @@ def test_quick_harness_runs_end_to_end_on_tiny_numbers(tmp_path: Path) -> None:
     for target in TARGETS:
         (rt,) = raw["rt"][target]
         assert rt["10"]["errors"] == 0 and rt["10"]["failed_to_connect"] == 0, target
+        assert rt["10"]["error_events"] == 0 and rt["10"]["bad_turns"] == 0, target
         assert not rt.get("killed_on_stop"), f"{target} did not stop on SIGINT"
     for scenario in ("stream", "idle", "churn", "slow"):
         (run,) = raw[scenario]["antiphon"]
         assert "failed" not in run, (scenario, run)
-    assert raw["stream"]["antiphon"][0]["4"]["errors"] == 0
+    stream = raw["stream"]["antiphon"][0]["4"]
+    assert stream["errors"] == stream["error_events"] == stream["bad_turns"] == 0
     assert raw["idle"]["antiphon"][0]["20"]["conns"] == 20
     churn = summary["churn"]["antiphon"]
     # Bounded by count, not time: each churn connection gets up to 30 s to connect and finish a turn.

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from antiphon.errors import DecodeError
 from antiphon.proto.chat.messages import (
     CONTEXT_MAX_DEPTH,
+    ID_MAX_CHARS,
     Ack,
     Auth,
     Cancel,
@@ -315,3 +316,15 @@ def test_the_fast_event_encoders_agree_with_the_converter(event: Any) -> None:
     assert messages._FAST_ENCODERS[type(event)](event) == messages._converter.unstructure(event)
     assert list(messages._FAST_ENCODERS[type(event)](event)) == list(messages._converter.unstructure(event))
     assert encode_event(event, 5) == messages.dumps({**messages._converter.unstructure(event), "seq": 5})
+
+
+@pytest.mark.parametrize("kind", ["message", "cancel"])
+def test_ids_are_bounded_in_length(kind: str) -> None:
+    """A message or cancel id of ID_MAX_CHARS characters is accepted; one more is a located error."""
+    def frame(mid: str) -> str:
+        payload = ',"payload":{"message":"hi"}' if kind == "message" else ""
+        return f'{{"type":"{kind}","id":"{mid}"{payload}}}'
+
+    assert decode_client_message(frame("i" * ID_MAX_CHARS)).id == "i" * ID_MAX_CHARS  # type: ignore[union-attr]
+    with pytest.raises(DecodeError, match=rf"^\$\.id: longer than {ID_MAX_CHARS} characters$"):
+        decode_client_message(frame("i" * (ID_MAX_CHARS + 1)))

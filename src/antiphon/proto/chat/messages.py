@@ -54,6 +54,7 @@ from antiphon.proto._codec import (
 
 __all__ = [
     "CONTEXT_MAX_DEPTH",
+    "ID_MAX_CHARS",
     "Ack",
     "Auth",
     "Cancel",
@@ -112,8 +113,11 @@ class ErrorCode(enum.StrEnum):
 CONTEXT_MAX_DEPTH: Final = 64
 """Nesting levels a message's ``context`` may have (``{}`` is one): ample for metadata, far from any recursion limit."""
 
+ID_MAX_CHARS: Final = 256
+"""Characters a client's message or cancel id may have: it is echoed in every event of its turn and kept for idempotency."""
+
 MessageId: TypeAlias = str | int
-"""A turn's id: whatever the client sent (string or integer), echoed back unchanged."""
+"""A turn's id: whatever the client sent (string or integer, at most :data:`ID_MAX_CHARS`), echoed back unchanged."""
 
 
 # --------------------------------------------------------------------------- client side
@@ -401,7 +405,9 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             raise DecodeError("$.last_seq: must not be negative")
         return resume
     if kind == "cancel":
-        return structure(_converter, obj, Cancel)
+        cancel = structure(_converter, obj, Cancel)
+        _check_id(cancel.id)
+        return cancel
     if kind == "auth":
         return structure(_converter, obj, Auth)
     if not isinstance(kind, str):
@@ -439,11 +445,15 @@ def _user_message(
         raise DecodeError(f"{where}.message: required field missing")
     if not text.strip():
         raise DecodeError(f"{where}.message: must not be empty")
-    if isinstance(id, str) and not id:
-        raise DecodeError("$.id: must not be empty")
+    _check_id(id)
     if context and _nesting_exceeds(context, CONTEXT_MAX_DEPTH):
         raise DecodeError(f"{where}.context: nested deeper than {CONTEXT_MAX_DEPTH} levels")
     return UserMessage(message=text, id=id, context=context or {}, agent=agent)
+
+
+def _check_id(id: MessageId | None) -> None:
+    if isinstance(id, str) and not 0 < len(id) <= ID_MAX_CHARS:
+        raise DecodeError("$.id: must not be empty" if not id else f"$.id: longer than {ID_MAX_CHARS} characters")
 
 
 def _nesting_exceeds(value: dict[str, Any], limit: int) -> bool:
