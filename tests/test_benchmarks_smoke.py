@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NEEDED = ("picows", "uvloop", "matplotlib", "psutil", "websockets")
 BUDGET_S = 600
 """A bound for a hung harness, not a measurement: the tiny suite takes about 16 s on an idle machine."""
-TARGETS = ("antiphon", "ws-asyncio", "ws-trio", "trio-ws-echo", "tcp-echo")
+TARGETS = ("antiphon", "ws-asyncio", "ws-trio", "engine-probe", "trio-ws-echo", "tcp-echo")
 
 
 def _harness(out: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
