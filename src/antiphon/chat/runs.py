@@ -510,8 +510,7 @@ class LiveRun(SharedRun):
                 if self.store is None:
                     self._end_turn(request, status, turn, error, began)
                 else:
-                    with trio.CancelScope(shield=True):
-                        await self._finish_turn(request, status, turn, error, started_at, began)
+                    await self._finish_turn(request, status, turn, error, started_at, began)
 
     def _end_turn(
         self,
@@ -541,7 +540,11 @@ class LiveRun(SharedRun):
         *,
         code: ErrorCode = ErrorCode.AGENT_ERROR,
     ) -> None:
-        """End the turn: store its reply, then send its final events (``began`` as for :meth:`_end_turn`)."""
+        """End the turn: store its reply, then send its final events (``began`` as for :meth:`_end_turn`).
+
+        Shielded from cancellation (a cancelled turn still gets its final event, stored),
+        and bounded by :data:`STORE_TIMEOUT_S`: one cancel scope does both.
+        """
         # Stored first, sent after: a client never holds a reply the store lacks.
         if self.store is None:
             self._end_turn(request, status, turn, error, began, code)
@@ -557,7 +560,7 @@ class LiveRun(SharedRun):
                 finished_at=now(),
             )
             saving = perf_counter()
-            with trio.move_on_after(STORE_TIMEOUT_S):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + STORE_TIMEOUT_S):
                 try:
                     await self.store.save_reply(record)
                 except Exception:
@@ -572,8 +575,7 @@ class LiveRun(SharedRun):
 
     async def _end_queued(self, request: TurnRequest) -> None:
         if self.state.is_pending(request.id):
-            with trio.CancelScope(shield=True):
-                await self._finish_turn(request, TurnStatus.CANCELLED, None, None, now())
+            await self._finish_turn(request, TurnStatus.CANCELLED, None, None, now())
             self._flush()
 
     async def _end_pending_turns(self) -> None:

@@ -112,6 +112,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     max_connections: int = 10_000
+    max_handshakes: int = 1_000
+    """TCP connections still in their opening handshake (TLS included); past it a newcomer is closed at once."""
     handshake_timeout_s: float = 10.0
     max_message_size: int = 1 * MIB
     shutdown_grace_s: float = 10.0
@@ -129,6 +131,8 @@ class ServerConfig:
             raise ConfigError(f"port: must be between 0 and 65535, got {self.port}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections: must be at least 1, got {self.max_connections}")
+        if self.max_handshakes < 1:
+            raise ConfigError(f"max_handshakes: must be at least 1, got {self.max_handshakes}")
         if self.max_message_size < 1:
             raise ConfigError(f"max_message_size: must be at least 1, got {self.max_message_size}")
         if self.handshake_timeout_s <= 0:
@@ -314,6 +318,12 @@ class SessionServer:
                     log.warning("accept failed (%s); pausing 100 ms", exc)
                     await trio.sleep(0.1)
                     break
+                if self._connections - len(self.sessions) >= self.config.max_handshakes:
+                    # Squatters that connect and never finish the upgrade hold a socket and
+                    # a task each until handshake_timeout: bound them apart from sessions.
+                    sock.close()
+                    self.counters.handshake("overload")
+                    continue
                 self._connection_opened()
                 handlers.start_soon(self._handle_socket, sock)
 

@@ -9,7 +9,7 @@ client id, secret and scope, exactly UTCP's key), fetching one with
 key makes concurrent first calls share one fetch. Times are ``trio.current_time()``.
 
 Why h11 and not an HTTP client library: the whole exchange is one POST and one small
-JSON answer, h11 is already installed (wsproto and trio-websocket are built on it), and
+JSON answer, h11 is small, well kept and sans-I/O like the rest of the engine, and
 doing it by hand makes the security rules plain to see: the secret goes only to the URL
 :func:`~antiphon.proto.utcp.urls.check_token_url` accepts (https, or http to loopback), and a
 redirect is **never followed** - any 3xx is an error, so the secret cannot be bounced to

@@ -114,7 +114,7 @@ CONTEXT_MAX_DEPTH: Final = 64
 """Nesting levels a message's ``context`` may have (``{}`` is one): ample for metadata, far from any recursion limit."""
 
 ID_MAX_CHARS: Final = 256
-"""Characters a client's message or cancel id may have: it is echoed in every event of its turn and kept for idempotency."""
+"""Characters a message or cancel id may have: it is echoed in every event of its turn, and kept for idempotency."""
 
 MessageId: TypeAlias = str | int
 """A turn's id: whatever the client sent (string or integer, at most :data:`ID_MAX_CHARS`), echoed back unchanged."""
