@@ -344,6 +344,7 @@ async def mode_closed_loop(run: Run) -> dict[str, Any]:
     phases = {"start": time.time()}
     t = now()
     clients = await _open_many(run, spec["conns"], spec.get("connect_concurrency", 100))
+    connected = len(clients)  # before the run: reconnections after turns_per_conn join the list
     run.sessions = clients  # type: ignore[attr-defined]
     connect_s = now() - t
     phases["ready"] = time.time()
@@ -359,7 +360,7 @@ async def mode_closed_loop(run: Run) -> dict[str, Any]:
     await _close_all(run.sessions)  # type: ignore[attr-defined]
     return {
         "conns": spec["conns"],
-        "failed_to_connect": spec["conns"] - len(clients),
+        "failed_to_connect": spec["conns"] - connected,
         "connect_s": round(connect_s, 3),
         **_measured(run, duration),
         "errors": errors_before_close,

@@ -36,9 +36,11 @@ __all__ = [
     "AgentResultError",
     "Turn",
     "check_chunk",
+    "check_result",
     "demo_agent",
     "is_agent_function",
     "load_agent",
+    "reply_text",
     "start_agent",
     "whole_reply",
 ]
@@ -80,7 +82,11 @@ class AgentResultError(TypeError):
 
 def start_agent(agent: Agent, turn: Turn) -> Any:
     """Call ``agent``: an async generator of chunks, or an awaitable of the whole reply."""
-    result = agent(turn)
+    return check_result(agent(turn))
+
+
+def check_result(result: Any) -> Any:
+    """What an agent returned, checked to be an async generator or an awaitable."""
     if not inspect.isasyncgen(result) and not inspect.isawaitable(result):
         raise AgentResultError(f"agent returned {type(result).__name__}, expected a coroutine or an async generator")
     return result
@@ -95,7 +101,13 @@ def check_chunk(chunk: object) -> str:
 
 async def whole_reply(result: Awaitable[str | AgentReply], turn: Turn) -> str:
     """Await a non-streaming agent's reply; an :class:`AgentReply`'s usage goes on ``turn``."""
-    value = await result
+    return reply_text(await result, turn)
+
+
+def reply_text(value: object, turn: Turn) -> str:
+    """A non-streaming agent's awaited reply as text; an :class:`AgentReply`'s usage goes on ``turn``."""
+    if type(value) is str:
+        return value
     if isinstance(value, AgentReply):
         if value.token_usage is not None:
             turn.usage = value.token_usage

@@ -49,15 +49,15 @@ import inspect
 import logging
 import math
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from contextlib import aclosing
 from time import perf_counter
-from typing import TYPE_CHECKING, Final, Protocol
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from antiphon.chat.agents import Agent, Turn, check_chunk, start_agent, whole_reply
+from antiphon.chat.agents import Agent, Turn, check_chunk, check_result, reply_text, whole_reply
 from antiphon.chat.backends.shared_run import SharedRun
 from antiphon.chat.metrics import ChatMetrics
 from antiphon.chat.store import MessageRecord, ReplyRecord, TranscriptStore, now
@@ -128,6 +128,33 @@ class RunHolder(Protocol):
 class LiveRun(SharedRun):
     """One conversation's tasks and state; see the module docstring (shared runs: :class:`SharedRun`)."""
 
+    __slots__ = (
+        "_cancel_requested",
+        "_corked",
+        "_current",
+        "_done",
+        "_idle",
+        "_ingest",
+        "_ingest_ready",
+        "_inline",
+        "_scope",
+        "_started",
+        "_turn_scope",
+        "_turns",
+        "_turns_ready",
+        "agents",
+        "claimant",
+        "ended",
+        "grace_deadline",
+        "holder",
+        "path",
+        "registry",
+        "replica",
+        "settings",
+        "state",
+        "store",
+    )
+
     def __init__(
         self,
         registry: RunRegistry,
@@ -155,9 +182,11 @@ class LiveRun(SharedRun):
         self._scope = trio.CancelScope()
         self._started = False
         self._done = trio.Event()
-        self._turns: deque[TurnRequest] = deque()
+        # Lists, not deques: a queue holds at most max_queued_turns, and an empty deque
+        # costs ~700 bytes per idle session.
+        self._turns: list[TurnRequest] = []
         self._turns_ready = trio.lowlevel.ParkingLot()
-        self._ingest: deque[TurnRequest] = deque()
+        self._ingest: list[TurnRequest] = []
         self._ingest_ready = trio.lowlevel.ParkingLot()
         self._current: TurnRequest | None = None  # the turn whose agent is running
         self._inline: Session | None = None  # the session whose reading task runs this run's turns
@@ -378,7 +407,7 @@ class LiveRun(SharedRun):
     async def _run_inline(self) -> None:
         try:
             while self._turns and not self.ended:
-                request = self._turns.popleft()
+                request = self._turns.pop(0)
                 if self.state.is_pending(request.id):
                     await self._run_turn(request)
         finally:
@@ -395,7 +424,7 @@ class LiveRun(SharedRun):
         while True:
             while not self._ingest:
                 await self._ingest_ready.park()
-            request = self._ingest.popleft()
+            request = self._ingest.pop(0)
             record = MessageRecord(
                 run_id=self.run_id,
                 connector=self.path,
@@ -436,7 +465,7 @@ class LiveRun(SharedRun):
                     await self._turns_ready.park()
                 finally:
                     self._idle = False
-            request = self._turns.popleft()
+            request = self._turns.pop(0)
             if self.state.is_pending(request.id):
                 # Corked while the turn runs; flushed at each suspension and at the end.
                 self._cork()
@@ -479,8 +508,12 @@ class LiveRun(SharedRun):
                 await self.emit_wait(event)
             self._current = request
             try:
-                result = start_agent(self.agents[request.agent], turn)
-                if inspect.isasyncgen(result):
+                result: Any = self.agents[request.agent](turn)
+                if type(result) is CoroutineType:
+                    # The common whole-reply agent (an async def): awaited right here.
+                    for event in state.turn_chunk(request, reply_text(await result, turn)):
+                        await self.emit_wait(event)
+                elif inspect.isasyncgen(check_result(result)):
                     # aclosing: a cancelled turn finalizes the agent's generator
                     # here, in this task, not later in the garbage collector.
                     async with aclosing(result) as chunks:

@@ -424,7 +424,13 @@ class SessionServer:
             await write_pending(protocol, transport)
         self.counters.handshake("accepted")
         wire = WebSocketWire(protocol, transport, max_message_size=cfg.max_message_size, initial=frames)
-        await self._run_session(wire, decision, info)
+        remote, request_path = info.remote, info.path
+        # A session may last for days: nothing may keep the handshake (its headers are a
+        # few KiB per idle session) while it runs - neither this frame nor websockets'
+        # parser, whose generator holds the request it parsed.
+        request.headers.clear()
+        del request, response, frames, info, own
+        await self._run_session(wire, decision, remote, request_path)
 
     def route(self, request: HandshakeRequest) -> Accept | Reject:
         """The face's decision for ``request``: its router's, told whether the server is full; 503 when draining."""
@@ -440,17 +446,18 @@ class SessionServer:
         """
         self._connection_opened()
         try:
-            await self._run_session(wire, decision, request or HandshakeRequest("/", (), (), wire.remote))
+            remote, path = (request.remote, request.path) if request is not None else (wire.remote, "/")
+            await self._run_session(wire, decision, remote, path)
         finally:
             self._connection_closed()
 
-    async def _run_session(self, wire: Wire, decision: Accept, info: HandshakeRequest) -> None:
+    async def _run_session(self, wire: Wire, decision: Accept, remote: str, request_path: str) -> None:
         session = Session(wire, decision.session_config or self.session_config, id=decision.session_id)
         self.sessions.add(session)
         opened = trio.current_time()
-        path = _loggable(info.path)
-        fields = {"remote": info.remote, "path": path, "face": self.face, "session": session.id}
-        log.info("session %s opened: %s %s (%s)", session.id[:8], info.remote, path, self.face, extra=fields)
+        path = _loggable(request_path)  # the path only: a query string may carry a secret
+        fields = {"remote": remote, "path": path, "face": self.face, "session": session.id}
+        log.info("session %s opened: %s %s (%s)", session.id[:8], remote, path, self.face, extra=fields)
         try:
             await session.run(decision.handler)
         finally:
@@ -460,7 +467,7 @@ class SessionServer:
             log.info(
                 "session %s closed: %s %s (%s) %s%s%s after %.3fs",
                 session.id[:8],
-                info.remote,
+                remote,
                 path,
                 self.face,
                 session.close_code,

@@ -132,6 +132,41 @@ class Session:
     of the session ended. It never raises for the session's own failures.
     """
 
+    __slots__ = (
+        "_aborting",
+        "_close_deadline",
+        "_closing",
+        "_corked",
+        "_done",
+        "_end_started",
+        "_ended",
+        "_flush_deferred",
+        "_handler",
+        "_high",
+        "_job",
+        "_job_scope",
+        "_max",
+        "_nursery",
+        "_paused",
+        "_ping_at",
+        "_pong_deadline",
+        "_reader_task",
+        "_room",
+        "_scope",
+        "_timer_deadline",
+        "_writer_exited",
+        "_writer_running",
+        "_writer_scope",
+        "close_code",
+        "close_reason",
+        "closed_by_peer",
+        "config",
+        "id",
+        "messages_in",
+        "messages_out",
+        "wire",
+    )
+
     def __init__(self, wire: Wire, config: SessionConfig | None = None, *, id: str | None = None) -> None:
         self.wire = wire
         self.config = config or SessionConfig()
@@ -161,7 +196,7 @@ class Session:
         self._scope: trio.CancelScope | None = None  # the reader's: its deadline is the timers'
         self._reader_task: trio.lowlevel.Task | None = None
         self._writer_scope: trio.CancelScope | None = None
-        self._writer_exited = trio.Event()
+        self._writer_exited: trio.Event | None = None  # made when a writer starts (rarely: under backpressure)
         self._job: Callable[[], Coroutine[Any, Any, object]] | None = None
         self._job_scope: trio.CancelScope | None = None
         self._end_started = False
@@ -498,6 +533,7 @@ class Session:
                 if self._writer_scope is not None:
                     self._writer_scope.cancel()
                 with trio.CancelScope(shield=True):
+                    assert self._writer_exited is not None
                     await self._writer_exited.wait()  # at its next checkpoint: the wire is ours then
             await self._finish()
         except Exception:
@@ -569,7 +605,8 @@ class Session:
             self._writer_running = True
 
     async def _writer(self) -> None:
-        wire = self.wire
+        wire, exited = self.wire, self._writer_exited
+        assert exited is not None
         try:
             if self._end_started:
                 return  # started, then the connection ended before it ran
@@ -581,7 +618,7 @@ class Session:
         finally:
             self._writer_scope = None
             self._writer_running = False
-            self._writer_exited.set()
+            exited.set()
         closed = wire.closed
         if closed is not None and not self._closing:
             self._peer_closed(closed)

@@ -22,7 +22,6 @@ from antiphon.proto.chat.run import Refused, TurnRequest
 from antiphon.proto.close import CloseCode
 
 if TYPE_CHECKING:
-    from collections import deque
 
     from antiphon.chat.backends.base import Frame
     from antiphon.chat.backends.replica import Follow
@@ -35,6 +34,9 @@ __all__ = ["SharedRun"]
 class SharedRun:
     """LiveRun's shared-run half (a mixin: ``self`` is the LiveRun, which defines what is declared here)."""
 
+    # What this half assigns; LiveRun declares the rest (slots: no __dict__ per run).
+    __slots__ = ("_delivered", "_interrupted", "_unacked", "follow", "lost", "releasing")
+
     if TYPE_CHECKING:
         state: ChatRun
         holder: RunHolder | None
@@ -46,7 +48,7 @@ class SharedRun:
         _delivered: int
         _interrupted: list[TurnRequest]
         _unacked: list[UserMessage]
-        _turns: deque[TurnRequest]
+        _turns: list[TurnRequest]
 
         def notify(self, event: ErrorEvent) -> None: ...
         def accept(self, request: TurnRequest) -> None: ...

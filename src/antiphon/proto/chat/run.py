@@ -44,7 +44,7 @@ from typing import Any, Final, overload
 
 import attrs
 import orjson
-from attrs import define, frozen
+from attrs import frozen
 
 from antiphon.errors import LocalProtocolError
 from antiphon.proto._codec import quote
@@ -181,12 +181,13 @@ class ReplyTooLong(ValueError):
     """A turn's reply grew past ``max_reply_bytes``: the turn must end as failed."""
 
 
-@define
 class _Turn:
-    request: TurnRequest
-    parts: list[str]
-    started: bool = False
-    size: int = 0
+    """A pending turn's progress (private and per turn: a plain slotted class, the cheapest to make)."""
+
+    __slots__ = ("parts", "request", "size", "started")
+
+    def __init__(self, request: TurnRequest, parts: list[str], started: bool = False, size: int = 0) -> None:
+        self.request, self.parts, self.started, self.size = request, parts, started, size
 
 
 def _new_message_id(number: int) -> str:
@@ -347,12 +348,15 @@ class ChatRun:
         A completed turn joins the history. A cancelled or failed one does not, so the
         next turn's agent never sees a question without its answer.
         """
-        turn = self._require(request.id)
-        del self._turns[request.id]
-        text = "".join(turn.parts)
+        turn = self._turns.pop(request.id, None)
+        if turn is None:
+            raise LocalProtocolError(f"turn {request.id!r} is not pending")
+        parts = turn.parts
+        text = parts[0] if len(parts) == 1 else "".join(parts)
         if usage is None:
             prompt = self._history_chars + len(request.message)
-            usage = TokenUsage(math.ceil(prompt / CHARS_PER_TOKEN), estimate_tokens(text))
+            # estimate_tokens' ceil(chars / 4), in integers
+            usage = TokenUsage(-(-prompt // CHARS_PER_TOKEN), -(-len(text) // CHARS_PER_TOKEN))
         if status is TurnStatus.COMPLETED:
             self._remember(HistoryEntry("user", request.message))
             self._remember(HistoryEntry("assistant", text))

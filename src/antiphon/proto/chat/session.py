@@ -164,6 +164,7 @@ class ChatSession:
         self._new_run = new_run
         self.state = SessionState.OPEN if authenticated or not settings.require_auth else SessionState.AUTHENTICATING
         self._drain: Close | None = None
+        self._touch = SetTimer(settings.session_timeout_s)  # immutable: one for every message
 
     # ------------------------------------------------------------------ inputs
 
@@ -183,6 +184,12 @@ class ChatSession:
             if self.state is SessionState.AUTHENTICATING:
                 return self._fail_auth(ErrorCode.AUTH_REQUIRED, f'the first message must be {{"secret": ...}} ({exc})')
             return [Send(ErrorEvent(code=_decode_error_code(exc), message=str(exc))), *self._activity()]
+        if type(msg) is UserMessage and self.state is SessionState.OPEN:
+            # The common frame first: a user message on an open session.
+            assert self.run is not None
+            out = self._accept(self.run, msg)
+            out.append(self._touch)
+            return out
         if isinstance(msg, Ping):
             return [Send(Pong()), *self._activity()]
         if isinstance(msg, Auth):
@@ -264,7 +271,7 @@ class ChatSession:
 
     def _activity(self) -> list[Action]:
         if self.state is SessionState.OPEN or self.state is SessionState.DRAINING:
-            return [SetTimer(self.settings.session_timeout_s)]
+            return [self._touch]
         return []
 
     def _fail_auth(self, code: ErrorCode, message: str) -> list[Action]:
@@ -284,7 +291,7 @@ class ChatSession:
             code = ErrorCode.MESSAGE_LIMIT if self._drain.code is CloseCode.MESSAGE_LIMIT else ErrorCode.SERVER_SHUTDOWN
             return [Send(ErrorEvent(code=code, message="the session accepts no more messages", id=msg.id))]
         result = run.accept(msg)
-        if isinstance(result, TurnRequest):
+        if type(result) is TurnRequest:
             return [Accept(result)]
         if isinstance(result, Forward):
             return [result]
