@@ -483,6 +483,7 @@ async def mode_slow(run: Run) -> dict[str, Any]:
     await asyncio.sleep(stall)
     phases["stall_end"] = time.time()
     during = _measured(run, stall)
+    buffered = await _scrape_send_buffer(spec["url"])  # still stalled: what the server holds for it
     run.running = False
     await asyncio.sleep(0.2)
     errors_before_close = run.errors
@@ -498,9 +499,28 @@ async def mode_slow(run: Run) -> dict[str, Any]:
         "baseline": before,
         "stalled": during,
         "stalled_closed_by_server": stalled_closed_by_server,
+        "server_send_buffer_bytes": buffered,
         "errors": errors_before_close,
         "phases": phases,
     }
+
+
+async def _scrape_send_buffer(url: str) -> int | None:
+    """The server's ``antiphon_send_buffer_bytes`` from ``GET /metrics`` on its port (None: not an antiphon)."""
+    host, _, port = url.removeprefix("ws://").partition("/")[0].rpartition(":")
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            body = await reader.read(-1)
+            writer.close()
+    except (OSError, TimeoutError):
+        return None
+    total = None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("antiphon_send_buffer_bytes{"):
+            total = (total or 0) + int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 MODES = {"rt": mode_closed_loop, "stream": mode_closed_loop, "idle": mode_idle, "churn": mode_churn, "slow": mode_slow}
