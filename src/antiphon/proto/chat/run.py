@@ -108,11 +108,16 @@ class HistoryEntry:
 
 
 class HistoryView(Sequence[HistoryEntry]):
-    """The history as it was when a turn started: immutable, taken without copying."""
+    """The history as it was when a turn started: immutable, taken without copying.
+
+    The run keeps its history as plain ``(role, text)`` tuples, which the garbage
+    collector stops tracking (a thousand long conversations are millions of entries,
+    and every full collection would walk them all); entries are made as they are read.
+    """
 
     __slots__ = ("_items", "_start", "_stop")
 
-    def __init__(self, items: list[HistoryEntry], start: int, stop: int) -> None:
+    def __init__(self, items: list[tuple[str, str]], start: int, stop: int) -> None:
         self._items, self._start, self._stop = items, start, stop
 
     def __len__(self) -> int:
@@ -126,18 +131,18 @@ class HistoryView(Sequence[HistoryEntry]):
 
     def __getitem__(self, index: int | slice) -> HistoryEntry | tuple[HistoryEntry, ...]:
         if isinstance(index, slice):
-            return tuple(self._items[self._start : self._stop][index])
+            return tuple(HistoryEntry(*item) for item in self._items[self._start : self._stop][index])
         n = len(self)
         if index < 0:
             index += n
         if not 0 <= index < n:
             raise IndexError("history index out of range")
-        return self._items[self._start + index]
+        return HistoryEntry(*self._items[self._start + index])
 
     def __iter__(self) -> Iterator[HistoryEntry]:
         items = self._items
         for i in range(self._start, self._stop):
-            yield items[i]
+            yield HistoryEntry(*items[i])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence):
@@ -212,7 +217,7 @@ class ChatRun:
         self.message_count = 0
         self.seq = 0
         self._new_message_id = new_message_id
-        self._history: list[HistoryEntry] = []
+        self._history: list[tuple[str, str]] = []  # (role, text): see HistoryView
         self._history_start = 0  # entries before it are beyond history_max_chars
         self._history_chars = 0
         self._turns: OrderedDict[MessageId, _Turn] = OrderedDict()
@@ -358,8 +363,8 @@ class ChatRun:
             # estimate_tokens' ceil(chars / 4), in integers
             usage = TokenUsage(-(-prompt // CHARS_PER_TOKEN), -(-len(text) // CHARS_PER_TOKEN))
         if status is TurnStatus.COMPLETED:
-            self._remember(HistoryEntry("user", request.message))
-            self._remember(HistoryEntry("assistant", text))
+            self._remember("user", request.message)
+            self._remember("assistant", text)
         out: list[ServerEvent] = []
         if status is TurnStatus.FAILED:
             out.append(ErrorEvent(code=code, message=error or "the agent failed", id=request.id))
@@ -428,7 +433,7 @@ class ChatRun:
             path=path,
             seq=self.seq,
             message_count=self.message_count,
-            history=[(e.role, e.text) for e in self.history()],
+            history=self._history[self._history_start :],
             accepted=[(id, numbers[id]) for id in accepted if id in numbers],
             turns=[
                 PendingTurn(
@@ -454,7 +459,7 @@ class ChatRun:
         self.seq = self.message_count = 0
         self._history, self._history_start, self._history_chars = [], 0, 0
         for role, text in snapshot.history:
-            self._remember(HistoryEntry(role, text))
+            self._remember(role, text)
         self.message_count = snapshot.message_count
         self._accepted = dict(snapshot.accepted)
         self._turns = OrderedDict()
@@ -514,10 +519,8 @@ class ChatRun:
             elif kind == "stream_end" or kind == "response":
                 ended = self._turns.pop(event["id"])
                 if event["status"] == TurnStatus.COMPLETED:
-                    self._remember(HistoryEntry("user", ended.request.message))
-                    self._remember(
-                        HistoryEntry("assistant", event["full_response" if kind == "stream_end" else "response"])
-                    )
+                    self._remember("user", ended.request.message)
+                    self._remember("assistant", event["full_response" if kind == "stream_end" else "response"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise LocalProtocolError(
                 f"run {self.run_id}: frame {seq} does not apply ({type(exc).__name__}: {exc})"
@@ -548,13 +551,13 @@ class ChatRun:
         except KeyError:
             raise LocalProtocolError(f"turn {id!r} is not pending") from None
 
-    def _remember(self, entry: HistoryEntry) -> None:
+    def _remember(self, role: str, text: str) -> None:
         history = self._history
-        history.append(entry)
-        self._history_chars += len(entry.text)
+        history.append((role, text))
+        self._history_chars += len(text)
         limit = self.settings.history_max_chars
         while self._history_chars > limit and self._history_start < len(history):
-            self._history_chars -= len(history[self._history_start].text)
+            self._history_chars -= len(history[self._history_start][1])
             self._history_start += 1
         if self._history_start > 64 and self._history_start > len(history) // 2:
             # Compact: views handed out earlier keep the old list, so they stay as they were.
