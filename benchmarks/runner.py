@@ -159,7 +159,7 @@ def _cores() -> tuple[int | None, int | None]:
 SERVER_CPU, CLIENT_CPU = _cores()
 
 
-def _child_setup(cpu: int | None) -> Callable[[], None]:
+def child_setup(cpu: int | None) -> Callable[[], None]:
     """Run in each child before exec: pin it to ``cpu``, and have it killed if this runner dies."""
 
     def setup() -> None:
@@ -199,7 +199,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup(cpu),
+            preexec_fn=child_setup(cpu),
         )
         log.close()
         self.ps = psutil.Process(self.proc.pid)
@@ -260,7 +260,7 @@ def run_loadgen(server: Server, spec: dict[str, Any]) -> tuple[dict[str, Any], l
         env=env,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_child_setup(None),
+        preexec_fn=child_setup(None),
     )
     client_ps = psutil.Process(client.pid)
     client_cpu = 0.0

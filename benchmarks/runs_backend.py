@@ -42,6 +42,8 @@ from typing import Any, Final
 
 import psutil
 
+from benchmarks.runner import CLIENT_CPU, SERVER_CPU, child_setup
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 PY: Final = sys.executable
 SECRET: Final = "bench-secret-0123456789"
@@ -50,17 +52,6 @@ START_TIMEOUT_S: Final = 30.0
 
 
 # ------------------------------------------------------------------------- processes
-
-
-def _cores() -> tuple[int | None, int | None]:
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return None, None
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
-
-
-SERVER_CPU, CLIENT_CPU = _cores()
 
 
 def _free_port() -> int:
@@ -145,14 +136,6 @@ max_messages = 10000
     return path
 
 
-def _pin(cpu: int | None) -> Any:
-    def setup() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
-    return setup
-
-
 @contextmanager
 def antiphon(runs: str, streaming: bool) -> Iterator[tuple[str, int]]:
     """``antiphon serve`` with ``runs`` for the block, pinned to the server's core; yields its URL and pid."""
@@ -165,7 +148,7 @@ def antiphon(runs: str, streaming: bool) -> Iterator[tuple[str, int]]:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_pin(SERVER_CPU),
+        preexec_fn=child_setup(SERVER_CPU),
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

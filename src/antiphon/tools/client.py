@@ -195,14 +195,7 @@ class ToolClient:
         the connection is then as clean as after any call. Raises what the module
         docstring lists.
         """
-        template = self._template(tool)
-        args = dict(args or {})
-        message = format_message(template, args)
-        handshake = await self._handshake(template, args)
-        what = f"tool {template.name!r}"
-        async with self._lease(template, handshake) as conn:
-            conn.begin()
-            await conn.send(message)
+        async with self._sent(tool, args) as (conn, template, what):
             frame = await conn.receive(template.timeout, what)
             assert frame is not None
             if _starts_stream(frame):
@@ -226,14 +219,7 @@ class ToolClient:
         envelopes, use :meth:`call_streaming`. Leaving the block early discards a pooled
         connection.
         """
-        template = self._template(tool)
-        args = dict(args or {})
-        message = format_message(template, args)
-        handshake = await self._handshake(template, args)
-        what = f"tool {template.name!r}"
-        async with self._lease(template, handshake) as conn:
-            conn.begin()
-            await conn.send(message)
+        async with self._sent(tool, args) as (conn, template, what):
             async with aclosing(self._results(conn, template, what)) as results:
                 yield results
 
@@ -250,14 +236,7 @@ class ToolClient:
         :class:`ClosedWithoutReply`, any other close :class:`ConnectionClosed`. Leaving the
         block before the end discards a pooled connection (its remaining frames are unread).
         """
-        template = self._template(tool)
-        args = dict(args or {})
-        message = format_message(template, args)
-        handshake = await self._handshake(template, args)
-        what = f"tool {template.name!r}"
-        async with self._lease(template, handshake) as conn:
-            conn.begin()
-            await conn.send(message)
+        async with self._sent(tool, args) as (conn, template, what):
             async with aclosing(self._stream(conn, template, what)) as results:
                 yield results
 
@@ -320,6 +299,20 @@ class ToolClient:
         handshake = handshake_headers(template, args, bearer_token=token)
         check_ws_url(handshake.url)  # again, on the URL really dialled
         return handshake
+
+    @asynccontextmanager
+    async def _sent(
+        self, tool: ToolRef, args: Mapping[str, Any] | None
+    ) -> AsyncIterator[tuple[ToolConnection, WebSocketCallTemplate, str]]:
+        """The call's message sent on a leased connection; yields it, the template and the call's name for errors."""
+        template = self._template(tool)
+        args = dict(args or {})
+        message = format_message(template, args)
+        handshake = await self._handshake(template, args)
+        async with self._lease(template, handshake) as conn:
+            conn.begin()
+            await conn.send(message)
+            yield conn, template, f"tool {template.name!r}"
 
     @asynccontextmanager
     async def _lease(self, template: WebSocketCallTemplate, handshake: Handshake) -> AsyncIterator[ToolConnection]:

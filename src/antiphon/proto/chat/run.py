@@ -36,7 +36,6 @@ it.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -89,7 +88,11 @@ LOG_ENTRY_OVERHEAD_BYTES: Final = 64
 
 def estimate_tokens(text: str) -> int:
     """The documented estimate used when an agent reports no usage: ceil(len / 4)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+    return _tokens(len(text))
+
+
+def _tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)  # ceil(chars / 4) in integers
 
 
 def escaped_size(text: str) -> int:
@@ -360,8 +363,7 @@ class ChatRun:
         text = parts[0] if len(parts) == 1 else "".join(parts)
         if usage is None:
             prompt = self._history_chars + len(request.message)
-            # estimate_tokens' ceil(chars / 4), in integers
-            usage = TokenUsage(-(-prompt // CHARS_PER_TOKEN), -(-len(text) // CHARS_PER_TOKEN))
+            usage = TokenUsage(_tokens(prompt), _tokens(len(text)))
         if status is TurnStatus.COMPLETED:
             self._remember("user", request.message)
             self._remember("assistant", text)
